@@ -1,0 +1,52 @@
+"""The ASGI application: `create_app(settings, role)` builds everything in lifespan.
+
+Feature routers are listed in ROUTERS and included for the roles that serve
+HTTP. Nothing (engine, clients, scheduler) is built at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from monitor import __version__
+from monitor.health import router as health_router
+from monitor.http_errors import install_error_handlers
+from monitor.runtime import Role, open_runtime
+from monitor.settings import Settings, load_settings
+
+# Feature routers as "module:attribute", imported when the app is built.
+ROUTERS: list[str] = []
+
+
+def create_app(settings: Settings | None = None, role: Role = "all") -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = open_runtime(settings, role)
+        app.state.runtime = runtime
+        try:
+            await runtime.start()
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Thermostat",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health_router)
+    for path in ROUTERS:
+        module_name, _, attr = path.partition(":")
+        app.include_router(getattr(importlib.import_module(module_name), attr))
+    return app

@@ -1,0 +1,59 @@
+"""The `thermostat` command line.
+
+Each subcommand lives in `monitor.commands.<name>` and is imported only when
+it runs, so `thermostat --help` and the API role stay light. Expected errors
+(`ThermostatError`, a missing file) print one line and exit 1; argparse
+usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from monitor import __version__
+from monitor.errors import ThermostatError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("monitor.commands.serve", "run the sidecar (proxy, API, scheduler, worker)"),
+    "db": ("monitor.commands.db", "inspect or migrate the database schema"),
+    "demo": ("monitor.commands.demo", "run the whole loop on the embedded default"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="thermostat",
+        description="Calibration monitoring and recalibration for deployed language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"thermostat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except ThermostatError as exc:
+        print(f"thermostat {args.command}: error: {exc.message}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"thermostat {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

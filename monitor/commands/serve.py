@@ -1,0 +1,66 @@
+"""`thermostat serve`: one process for every role, or one role per process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from monitor.auth import is_loopback
+from monitor.errors import ConfigError
+from monitor.logging import setup_logging
+from monitor.runtime import ROLES
+from monitor.settings import Settings, load_settings
+
+log = logging.getLogger("monitor.serve")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--role", choices=ROLES, default="all", help="which role(s) to run")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+
+
+def check_binding(settings: Settings, host: str) -> None:
+    """Refuse a non-loopback bind without both tokens; say what loopback-only means."""
+    missing = [
+        name
+        for name, token in (
+            ("THERMOSTAT_ADMIN_TOKEN", settings.admin_token),
+            ("THERMOSTAT_FEEDBACK_TOKEN", settings.feedback_token),
+        )
+        if token is None
+    ]
+    if not missing:
+        return
+    if not is_loopback(host):
+        raise ConfigError(f"refusing to bind {host} without {' and '.join(missing)}")
+    log.warning("%s not set: answering loopback clients only", " and ".join(missing))
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from monitor.app import create_app
+    from monitor.runtime import open_runtime
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    check_binding(settings, args.host)
+    # Fail before binding, with one line, on an unreachable database or stale schema.
+    open_runtime(settings, args.role).engine.dispose()
+    log.info(
+        "thermostat %s on http://%s:%d (database %s)",
+        args.role,
+        args.host,
+        args.port,
+        settings.resolved_database_url.split("@")[-1],
+    )
+    uvicorn.run(
+        create_app(settings, args.role),
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=15,
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""Everything that differs between SQLite and Postgres lives in this package."""

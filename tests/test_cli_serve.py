@@ -1,0 +1,130 @@
+"""`thermostat serve` and `thermostat db` as users run them: real processes, real ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.databases import postgres_url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def thermostat(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def wait_ready(port: int, process: subprocess.Popen[str], timeout: float = 30) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited: {process.stderr.read() if process.stderr else ''}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("serve did not answer in time")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    values = {k: v for k, v in os.environ.items() if not k.startswith("THERMOSTAT_")}
+    values["THERMOSTAT_HOME"] = str(tmp_path / "home")
+    return values
+
+
+def test_serve_on_embedded_sqlite_is_ready(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        response = wait_ready(port, process)
+        assert response.status_code == 200 and response.json()["status"] == "ready"
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
+        assert (tmp_path / "home" / "thermostat.db").exists()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_serve_refuses_unmigrated_postgres_until_db_upgrade(
+    env: dict[str, str], empty_db_url: str, backend: str
+) -> None:
+    if backend != "postgres":
+        pytest.skip("SQLite migrates itself on start")
+    env["THERMOSTAT_DATABASE_URL"] = empty_db_url
+    refused = thermostat("serve", "--port", str(free_port()), env=env)
+    assert refused.returncode == 1
+    assert "run `thermostat db upgrade` first" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    upgraded = thermostat("db", "upgrade", env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert thermostat("db", "current", env=env).stdout.startswith("0001 (head)")
+    assert thermostat("db", "check", env=env).returncode == 0
+
+
+def test_serve_refuses_public_bind_without_tokens(env: dict[str, str]) -> None:
+    result = thermostat("serve", "--host", "0.0.0.0", "--port", str(free_port()), env=env)
+    assert result.returncode == 1
+    assert "refusing to bind 0.0.0.0 without THERMOSTAT_ADMIN_TOKEN" in result.stderr
+
+
+def test_bad_config_refused_at_start(env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("tasks:\n  t:\n    recalibrate_cron: 'not a cron'\n")
+    env["THERMOSTAT_CONFIG"] = str(config)
+    result = thermostat("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(config) in lines[0] and "recalibrate_cron" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [("foo://", "only sqlite and postgresql"), ("not a url", "not a valid SQLAlchemy URL")],
+)
+def test_bad_database_url_is_one_line(env: dict[str, str], url: str, expected: str) -> None:
+    env["THERMOSTAT_DATABASE_URL"] = url
+    result = thermostat("db", "current", env=env)
+    assert result.returncode == 1 and expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_postgres_is_one_line(env: dict[str, str]) -> None:
+    env["THERMOSTAT_DATABASE_URL"] = postgres_url("thermostat_no_such_database")
+    result = thermostat("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 1 and "cannot reach the database" in result.stderr
+
+
+def test_every_command_has_help(env: dict[str, str]) -> None:
+    from monitor.cli import COMMANDS
+
+    for name in COMMANDS:
+        result = thermostat(name, "--help", env=env)
+        assert result.returncode == 0 and "usage: thermostat" in result.stdout
