@@ -17,12 +17,21 @@ import fcntl
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
+
+from monitor.db.base import Base
+
+TableLike = Table | type[Base]
+
+
+def as_table(target: TableLike) -> Table:
+    """Accept an ORM class or a Table; Core statements need the Table."""
+    return target if isinstance(target, Table) else cast(Table, target.__table__)
 
 
 def dialect_name(db: Session | Connection) -> str:
@@ -30,17 +39,17 @@ def dialect_name(db: Session | Connection) -> str:
     return bind.dialect.name
 
 
-def _insert_for(session_or_conn: Session | Connection, table: Table) -> Any:
+def _insert_for(session_or_conn: Session | Connection, table: TableLike) -> Any:
     name = dialect_name(session_or_conn)
     if name == "postgresql":
-        return postgresql.insert(table)
+        return postgresql.insert(as_table(table))
     if name == "sqlite":
-        return sqlite.insert(table)
+        return sqlite.insert(as_table(table))
     raise NotImplementedError(name)
 
 
 def insert_ignoring_conflicts(
-    db: Session | Connection, table: Table, rows: Sequence[dict[str, Any]]
+    db: Session | Connection, table: TableLike, rows: Sequence[dict[str, Any]]
 ) -> int:
     """Insert rows, skipping any whose primary or unique key already exists."""
     if not rows:
@@ -52,7 +61,7 @@ def insert_ignoring_conflicts(
 
 def upsert(
     db: Session | Connection,
-    table: Table,
+    table: TableLike,
     rows: Sequence[dict[str, Any]],
     *,
     key: Sequence[str],
@@ -71,13 +80,14 @@ def upsert(
 
 def claim_next(
     session: Session,
-    table: Table,
+    target: TableLike,
     *,
     where: ColumnElement[bool],
     order_by: Sequence[Any],
     values: dict[str, Any],
 ) -> Any | None:
     """Atomically set `values` on the first row matching `where`; return it or None."""
+    table = as_table(target)
     pk = next(iter(table.primary_key.columns))
     candidate = select(pk).where(where).order_by(*order_by).limit(1)
     if dialect_name(session) == "postgresql":

@@ -1,0 +1,1 @@
+"""Tasks: the unit everything is measured, alerted on and recalibrated per."""
