@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.db.engine import build_engine, is_sqlite
 from monitor.db.migrate import ensure_schema
 from monitor.db.session import make_session_factory
+from monitor.serving.calibration_table import CalibrationTable
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # What the proxy serves from; the hot-swap service keeps it current.
+    calibration_table: CalibrationTable = field(default_factory=CalibrationTable)
     services: list[Service] = field(default_factory=list)
     extras: dict[str, object] = field(default_factory=dict)
 
