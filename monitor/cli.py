@@ -20,6 +20,10 @@ from monitor.errors import ThermostatError
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("monitor.commands.serve", "run the sidecar (proxy, API, scheduler, worker)"),
     "db": ("monitor.commands.db", "inspect or migrate the database schema"),
+    "model-server": (
+        "monitor.commands.model_server",
+        "serve a local transformers model (OpenAI-compatible, raw logprobs)",
+    ),
     "demo": ("monitor.commands.demo", "run the whole loop on the embedded default"),
 }
 
