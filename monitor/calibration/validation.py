@@ -1,0 +1,186 @@
+"""The accept/reject gate for a new calibration.
+
+A fitted temperature reaches serving only if it helps on data it was not fit
+on: a seeded split holds out a fraction (20% by default), the fit sees only
+the rest, and the candidate is accepted only when held-out NLL and held-out
+ECE both improve on the current parameters. Anything else ends the job
+``rejected`` and serving keeps what it has (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from monitor.calibration._arrays import as_probabilities
+from monitor.calibration.aggregation import check_aggregator, sequence_confidences
+from monitor.calibration.fitting import (
+    fit_sequence_temperature,
+    fit_temperature_detailed,
+    prepare_logits,
+)
+from monitor.calibration.metrics import CalibrationMetrics, compute_metrics
+from monitor.calibration.packing import TokenBatch
+from monitor.calibration.vector_scaling import (
+    VectorScalingFit,
+    fit_vector_scaling,
+    scaled_probabilities,
+)
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    accepted: bool
+    reason: str
+    method: str
+    temperature: float
+    current_temperature: float
+    before: dict[str, Any]
+    after: dict[str, Any]
+    n_train: int
+    n_holdout: int
+    bias: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def holdout_split(n: int, holdout_fraction: float = 0.2, seed: int = 0) -> tuple[Any, Any]:
+    """Seeded (train, holdout) index arrays; both non-empty."""
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    if n < 2:
+        raise ValueError(f"need at least 2 examples to hold some out, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_hold = min(n - 1, max(1, round(n * holdout_fraction)))
+    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+
+def gate(before: dict[str, Any], after: dict[str, Any], nll_key: str = "nll") -> tuple[bool, str]:
+    """Accept only if both held-out NLL and ECE strictly improve."""
+    nll_ok = after[nll_key] < before[nll_key]
+    ece_ok = after["ece"] < before["ece"]
+    nums = (
+        f"held-out NLL {before[nll_key]:.4f} -> {after[nll_key]:.4f}, "
+        f"ECE {before['ece']:.4f} -> {after['ece']:.4f}"
+    )
+    if nll_ok and ece_ok:
+        return True, f"improved: {nums}"
+    worse = " and ".join(w for w, ok in (("NLL", nll_ok), ("ECE", ece_ok)) if not ok)
+    return False, f"{worse} did not improve: {nums}"
+
+
+def _metrics(conf: Any, labels: Any, n_bins: int) -> CalibrationMetrics:
+    return compute_metrics(np.clip(conf, 0.0, 1.0), labels, n_bins=n_bins, bootstrap=True)
+
+
+def validate_sequence_temperature(
+    batch: TokenBatch,
+    labels: Any,
+    aggregator: str = "geometric_mean",
+    current_temperature: float = 1.0,
+    holdout_fraction: float = 0.2,
+    seed: int = 0,
+    n_bins: int = 15,
+    device: str = "cpu",
+) -> ValidationResult:
+    """Fit T on the training split of generations, judge it on the held-out split."""
+    check_aggregator(aggregator)
+    y = as_probabilities(labels, "labels")
+    if y.shape[0] != batch.n_generations:
+        raise ValueError(
+            f"length mismatch: {batch.n_generations} generations but {y.shape[0]} labels"
+        )
+    has_tokens = np.flatnonzero(batch.lengths > 0)
+    train, hold = holdout_split(has_tokens.shape[0], holdout_fraction, seed)
+    train, hold = has_tokens[train], has_tokens[hold]
+    fit = fit_sequence_temperature(
+        batch.subset(train),
+        y[train],
+        aggregator,
+        device=device,
+        current_temperature=current_temperature,
+    )
+    hb = batch.subset(hold)
+    before = _metrics(sequence_confidences(hb, current_temperature, aggregator), y[hold], n_bins)
+    after = _metrics(sequence_confidences(hb, fit.temperature, aggregator), y[hold], n_bins)
+    ok, reason = gate(before.as_dict(), after.as_dict())
+    return ValidationResult(
+        accepted=ok,
+        reason=reason,
+        method="temperature",
+        temperature=fit.temperature,
+        current_temperature=current_temperature,
+        before=_with_counts(before, train, hold),
+        after=_with_counts(after, train, hold),
+        n_train=int(train.shape[0]),
+        n_holdout=int(hold.shape[0]),
+        seconds=fit.seconds,
+    )
+
+
+def _with_counts(m: CalibrationMetrics, train: Any, hold: Any) -> dict[str, Any]:
+    d = m.as_dict()
+    d["n_train"], d["n_holdout"] = len(train), len(hold)
+    return d
+
+
+def _top_label(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence of the predicted class and whether it is right (top-label calibration)."""
+    return probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)
+
+
+def validate_multiclass(
+    logits: Any,
+    labels: Any,
+    method: str = "temperature",
+    current_temperature: float = 1.0,
+    holdout_fraction: float = 0.2,
+    seed: int = 0,
+    n_bins: int = 15,
+    min_per_class: int = 50,
+    device: str = "cpu",
+) -> ValidationResult:
+    """Temperature or vector scaling on full logits, gated on held-out data.
+
+    Metrics are top-label (max probability vs correctness); the NLL the gate
+    uses is the multiclass NLL, the quantity the fit minimises, reported as
+    ``multiclass_nll`` beside the binary ``nll`` of the top-label confidence.
+    """
+    z, y = prepare_logits(logits, labels)
+    train, hold = holdout_split(z.shape[0], holdout_fraction, seed)
+    if method == "temperature":
+        t = fit_temperature_detailed(z[train], y[train], device=device).temperature
+        fit = VectorScalingFit(method="temperature", temperature=t, bias=[0.0] * z.shape[1])
+    elif method == "vector":
+        fit = fit_vector_scaling(z[train], y[train], min_per_class=min_per_class)
+    else:
+        raise ValueError(f"method must be 'temperature' or 'vector', got {method!r}")
+
+    def evaluate(t: float, b: list[float] | None) -> dict[str, Any]:
+        probs = scaled_probabilities(z[hold], t, b)
+        m = _with_counts(_metrics(*_top_label(probs, y[hold]), n_bins), train, hold)
+        picked = probs[np.arange(hold.shape[0]), y[hold]]
+        m["multiclass_nll"] = float(-np.mean(np.log(np.maximum(picked, 1e-300))))
+        return m
+
+    before = evaluate(current_temperature, None)
+    after = evaluate(fit.temperature, fit.bias)
+    ok, reason = gate(before, after, nll_key="multiclass_nll")
+    if fit.reason:
+        reason = f"{reason}; {fit.method} scaling used: {fit.reason}"
+    return ValidationResult(
+        accepted=ok,
+        reason=reason,
+        method=fit.method,
+        temperature=fit.temperature,
+        current_temperature=current_temperature,
+        before=before,
+        after=after,
+        n_train=int(train.shape[0]),
+        n_holdout=int(hold.shape[0]),
+        bias=list(fit.bias),
+    )

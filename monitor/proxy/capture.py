@@ -1,0 +1,442 @@
+"""Read the few fields the proxy needs from an upstream response, fast.
+
+The proxy always asks the upstream for ``top_logprobs = K`` and must both
+record the answer's confidences and hand the client back exactly what it asked
+for. Logprob-heavy bodies are large (200 tokens at top-5 is ~100 KB), so this
+module never builds dicts or pydantic models of a response: msgspec Structs
+declare only the fields we read (text, finish_reason, usage, model, token,
+logprob, top_logprobs), everything else is skipped by the parser.
+
+Each choice's ``logprobs`` value is also located as a byte span of the body, so
+``splice.py`` can replace it (strip or trim) without re-serialising the rest.
+Spans come from ``msgspec.Raw``, a zero-copy view whose address minus the
+body's address is its offset. The common one-choice case avoids scanning the
+big value twice: a regex finds the ``"logprobs":`` key, candidate ends are
+tried from the right, and the candidate is accepted only if both the skeleton
+(body with the value replaced by ``null``) and the value itself decode; JSON
+being unambiguous, that is a proof, not a heuristic. Anything else falls back
+to the two-pass path (envelope with ``Raw`` logprobs, then decode the Raw).
+
+Array layout (what the recorder packs and confidence aggregation reads):
+``chosen`` float32 (n,), the sampled token's logprob as sent (vLLM clamps -inf
+to -9999.0); ``top`` float32 (n, K) sorted descending, ``-9999.0`` sentinels
+and missing alternatives as ``-inf``; ``chosen_rank`` int8 (n,) the index of
+the sampled token (by token string) in ``top``, -1 when it is not in the
+top-K (vLLM then sends it as an extra K+1-th alternative, which is dropped).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+Endpoint = Literal["chat", "completions"]
+Span = tuple[int, int]
+F32 = npt.NDArray[np.float32]
+I8 = npt.NDArray[np.int8]
+
+SENTINEL = -9999.0  # vLLM's stand-in for -inf; at or below it means "no logprob"
+_MAX_END_TRIES = 12  # candidate ends tried on the fast path before the two-pass fallback
+
+
+class CaptureError(ValueError):
+    """The body is not a JSON object of the expected shape; forward it untouched."""
+
+
+# --- msgspec Structs: only the fields we read. gc=False: no cycles are possible,
+# and skipping GC tracking of ~1,400 small objects per body is measurably faster.
+
+
+class _Top(msgspec.Struct, gc=False):
+    token: str = ""
+    logprob: float = SENTINEL
+
+
+class _ChatToken(msgspec.Struct, gc=False):
+    token: str = ""
+    logprob: float = SENTINEL
+    top_logprobs: list[_Top] | None = None
+
+
+class ChatLogprobs(msgspec.Struct, gc=False):
+    content: list[_ChatToken] | None = None
+
+
+class CompletionLogprobs(msgspec.Struct, gc=False):
+    tokens: list[str] | None = None
+    token_logprobs: list[float | None] | None = None
+    top_logprobs: list[dict[str, float] | None] | None = None
+
+
+class _Message(msgspec.Struct, gc=False):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct, gc=False):
+    index: int = 0
+    message: _Message | None = None  # chat
+    delta: _Message | None = None  # chat stream chunk
+    text: str | None = None  # completions (both forms)
+    logprobs: msgspec.Raw = msgspec.Raw()  # empty Raw: key absent
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct, gc=False):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Envelope(msgspec.Struct, gc=False):
+    model: str | None = None
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+_LOGPROBS_DECODERS: dict[
+    str, msgspec.json.Decoder[ChatLogprobs] | msgspec.json.Decoder[CompletionLogprobs]
+] = {
+    "chat": msgspec.json.Decoder(ChatLogprobs),
+    "completions": msgspec.json.Decoder(CompletionLogprobs),
+}
+_LOGPROBS_KEY = re.compile(rb'"logprobs"[ \t\r\n]*:[ \t\r\n]*')
+_WS = b" \t\r\n"
+
+
+@dataclass(slots=True)
+class Captured:
+    """What the proxy records of one response (choice index 0) and needs to splice it."""
+
+    endpoint: Endpoint
+    model: str | None
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    n_choices: int
+    has_logprobs: bool  # False: the upstream ignored the request (or sent null)
+    tokens: list[str]
+    chosen: F32
+    top: F32
+    chosen_rank: I8
+    # One entry per element of "choices", in body order: (start, end) of the
+    # logprobs value, or None where the key is absent. Valid for this body only.
+    logprobs_spans: tuple[Span | None, ...] = ()
+    partial: bool = False
+
+    @property
+    def k(self) -> int:
+        return int(self.top.shape[1])
+
+
+def _address(buf: object) -> int:
+    return int(np.frombuffer(buf, np.uint8).ctypes.data)  # type: ignore[call-overload]
+
+
+def _spans(buf: bytes, env: _Envelope) -> list[Span | None]:
+    """Byte spans of each choice's logprobs Raw inside ``buf`` (pointer arithmetic)."""
+    out: list[Span | None] = []
+    base = -1
+    for ch in env.choices or ():
+        raw = ch.logprobs
+        if not len(raw):
+            out.append(None)
+            continue
+        if base < 0:
+            base = _address(buf)
+        off = _address(raw) - base
+        if not 0 <= off <= len(buf) - len(raw):  # Raw was a copy, not a view
+            raise CaptureError("msgspec.Raw is not a view into the body")
+        out.append((off, off + len(raw)))
+    return out
+
+
+def _choice0(env: _Envelope) -> int:
+    """Position in "choices" of the choice with index 0 (usually the first)."""
+    for pos, ch in enumerate(env.choices or ()):
+        if ch.index == 0:
+            return pos
+    return -1
+
+
+def _fast_split(
+    body: bytes, dec: msgspec.json.Decoder[Any]
+) -> tuple[_Envelope, object, list[Span | None]] | None:
+    """One-scan path: locate choice 0's logprobs by key + validated end. None: fall back."""
+    m = _LOGPROBS_KEY.search(body)
+    if m is None:
+        return None
+    start = m.end()
+    if body[start : start + 1] != b"{":
+        return None
+    pos = len(body)
+    for _ in range(_MAX_END_TRIES):
+        end = body.rfind(b"}", start, pos)
+        if end < 0:
+            return None
+        pos = end
+        end += 1
+        j = end
+        while j < len(body) and body[j] in _WS:
+            j += 1
+        if body[j : j + 1] not in (b",", b"}"):
+            continue  # inside a choice object the value is followed by , or }
+        skeleton = body[:start] + b"null" + body[end:]
+        try:
+            env = _ENVELOPE.decode(skeleton)
+        except msgspec.DecodeError:
+            continue
+        spans = _spans(skeleton, env)
+        c0 = _choice0(env)
+        if c0 < 0 or spans[c0] != (start, start + 4):
+            return None
+        try:
+            lp = dec.decode(memoryview(body)[start:end])
+        except msgspec.DecodeError:
+            continue
+        shift = end - start - 4
+        fixed: list[Span | None] = [
+            None if s is None else (s if s[0] < start else (s[0] + shift, s[1] + shift))
+            for s in spans
+        ]
+        fixed[c0] = (start, end)
+        return env, lp, fixed
+    return None
+
+
+def split_body(body: bytes, endpoint: Endpoint) -> tuple[_Envelope, object, list[Span | None]]:
+    """Envelope, choice 0's decoded logprobs (or None) and every choice's logprobs span."""
+    dec = _LOGPROBS_DECODERS[endpoint]
+    try:
+        fast = _fast_split(body, dec)
+        if fast is not None:
+            return fast
+        env = _ENVELOPE.decode(body)
+        spans = _spans(body, env)
+        c0 = _choice0(env)
+        lp = None
+        raw = env.choices[c0].logprobs if c0 >= 0 else None  # type: ignore[index]
+        if raw is not None and len(raw) and bytes(raw) != b"null":
+            lp = dec.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise CaptureError(str(exc)) from exc
+    return env, lp, spans
+
+
+# --- arrays ---------------------------------------------------------------------
+
+
+def _arrays(
+    chosen_tok: list[str],
+    chosen_lp: list[float | None],
+    top_tok: list[str],
+    top_lp: list[float],
+    counts: list[int],
+    k: int | None,
+) -> tuple[F32, F32, I8]:
+    """(chosen, top, rank) from flat per-alternative lists; ``counts`` gives the row lengths.
+
+    All numpy, no per-token Python loop: rows of unequal length (K and K+1 mixed)
+    are scattered into -inf padding, unsorted rows sorted, then cut to K.
+    """
+    n = len(chosen_tok)
+    try:
+        chosen = np.array(chosen_lp, dtype=np.float32)
+    except TypeError:  # null token_logprobs (e.g. echoed first prompt token)
+        chosen = np.array([np.nan if v is None else v for v in chosen_lp], dtype=np.float32)
+    c = np.array(counts, dtype=np.intp)
+    if k is None:  # the most common row length: K (K+1 rows carry the appended sample)
+        k = int(np.bincount(c).argmax()) if n else 0
+    if n == 0:
+        return chosen, np.zeros((0, k), np.float32), np.zeros(0, np.int8)
+    hi = int(c.max())
+    lp: npt.NDArray[np.float32]
+    eq: npt.NDArray[np.bool_]
+    flat_lp = np.array(top_lp, dtype=np.float32)
+    # Object arrays compare strings in C: the rank is by token string, as the
+    # same logprob can belong to two tokens.
+    flat_eq = np.array(top_tok, dtype=object) == np.repeat(np.array(chosen_tok, dtype=object), c)
+    if hi == 0:
+        lp = np.zeros((n, 0), np.float32)
+        eq = np.zeros((n, 0), bool)
+    elif len(flat_lp) == n * hi:  # every row has hi entries
+        lp = flat_lp.reshape(n, hi)
+        eq = flat_eq.reshape(n, hi)
+    else:  # ragged: scatter into -inf padding without a per-row loop
+        dest = np.arange(len(flat_lp)) + np.repeat(np.arange(n) * hi - (np.cumsum(c) - c), c)
+        lp = np.full(n * hi, -np.inf, np.float32)
+        lp[dest] = flat_lp
+        eq = np.zeros(n * hi, bool)
+        eq[dest] = flat_eq
+        lp, eq = lp.reshape(n, hi), eq.reshape(n, hi)
+    lp[lp <= SENTINEL] = -np.inf
+    if hi > 1 and not bool((lp[:, :-1] >= lp[:, 1:]).all()):
+        # vLLM lists the sampled token first; sort so column j is the j-th best.
+        order = np.argsort(-lp, axis=1, kind="stable")
+        lp = np.take_along_axis(lp, order, axis=1)
+        eq = np.take_along_axis(eq, order, axis=1)
+    if hi >= k:
+        top, eq = lp[:, :k], eq[:, :k]
+    else:
+        top = np.full((n, k), -np.inf, np.float32)
+        top[:, :hi] = lp
+        eq = np.pad(eq, ((0, 0), (0, k - hi)))
+    if k == 0:
+        return chosen, np.zeros((n, 0), np.float32), np.full(n, -1, np.int8)
+    rank = np.where(eq.any(axis=1), eq.argmax(axis=1), -1).astype(np.int8)
+    return chosen, np.ascontiguousarray(top), rank
+
+
+def logprob_arrays(lp: object, k: int | None) -> tuple[list[str], F32, F32, I8]:
+    """Tokens and (chosen, top, rank) arrays from decoded chat or completions logprobs."""
+    tops: list[Any]
+    if isinstance(lp, ChatLogprobs):
+        content = lp.content or []
+        tokens = [e.token for e in content]
+        tops = [e.top_logprobs or () for e in content]
+        chosen_lp: list[float | None] = [e.logprob for e in content]
+        top_tok = [t.token for ts in tops for t in ts]
+        top_lp = [t.logprob for ts in tops for t in ts]
+    elif isinstance(lp, CompletionLogprobs):
+        tokens = lp.tokens or []
+        chosen_lp = list(lp.token_logprobs or [None] * len(tokens))
+        dicts = list(lp.top_logprobs or [])
+        dicts += [None] * (len(tokens) - len(dicts))
+        tops = [d or {} for d in dicts[: len(tokens)]]
+        top_tok = [t for d in tops for t in d]
+        top_lp = [v for d in tops for v in d.values()]
+    else:
+        tokens, tops, chosen_lp, top_tok, top_lp = [], [], [], [], []
+    counts = [len(t) for t in tops]
+    chosen, top, rank = _arrays(tokens, chosen_lp, top_tok, top_lp, counts, k)
+    return tokens, chosen, top, rank
+
+
+def capture_response(body: bytes, endpoint: Endpoint, k: int | None = None) -> Captured:
+    """Capture choice 0 of a non-streaming response body.
+
+    ``k`` is the ``top_logprobs`` the proxy asked for; None infers it from the
+    body. Raises CaptureError when the body is not a response object.
+    """
+    env, lp, spans = split_body(bytes(body), endpoint)
+    choices = env.choices or []
+    c0 = _choice0(env)
+    ch = choices[c0] if c0 >= 0 else None
+    if ch is None:
+        text, finish = "", None
+    elif endpoint == "chat":
+        text, finish = (ch.message.content if ch.message else None) or "", ch.finish_reason
+    else:
+        text, finish = ch.text or "", ch.finish_reason
+    tokens, chosen, top, rank = logprob_arrays(lp, k)
+    usage = env.usage
+    return Captured(
+        endpoint=endpoint,
+        model=env.model,
+        text=text,
+        finish_reason=finish,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        n_choices=len(choices),
+        has_logprobs=lp is not None,
+        tokens=tokens,
+        chosen=chosen,
+        top=top,
+        chosen_rank=rank,
+        logprobs_spans=tuple(spans),
+    )
+
+
+@dataclass(slots=True)
+class ChunkInfo:
+    """Spans of one SSE chunk payload, for stripping or trimming it before forwarding."""
+
+    endpoint: Endpoint
+    logprobs_spans: tuple[Span | None, ...]
+    ok: bool = True  # False: not parseable, forward as is
+
+
+@dataclass
+class StreamCapture:
+    """Accumulates choice 0 over a stream's chunks; ``result()`` works even if cut off."""
+
+    endpoint: Endpoint
+    k: int | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    n_choices: int = 0
+    done: bool = False
+    bad_chunks: int = 0
+    _text: list[str] = field(default_factory=list)
+    _chat: list[_ChatToken] = field(default_factory=list)
+    _tokens: list[str] = field(default_factory=list)
+    _token_lps: list[float | None] = field(default_factory=list)
+    _tops: list[dict[str, float] | None] = field(default_factory=list)
+    _saw_logprobs: bool = False
+
+    def feed(self, payload: bytes) -> ChunkInfo:
+        """Feed one SSE ``data:`` payload (without the ``data:`` prefix)."""
+        if payload.strip() == b"[DONE]":
+            self.done = True
+            return ChunkInfo(self.endpoint, ())
+        try:
+            env, lp, spans = split_body(bytes(payload), self.endpoint)
+        except CaptureError:
+            self.bad_chunks += 1
+            return ChunkInfo(self.endpoint, (), ok=False)
+        self.model = self.model or env.model
+        if env.usage is not None:
+            self.prompt_tokens = env.usage.prompt_tokens
+            self.completion_tokens = env.usage.completion_tokens
+        for ch in env.choices or ():
+            self.n_choices = max(self.n_choices, ch.index + 1)
+            if ch.index != 0:
+                continue
+            piece = ch.delta.content if ch.delta else ch.text
+            if piece:
+                self._text.append(piece)
+            if ch.finish_reason is not None:
+                self.finish_reason = ch.finish_reason
+        if isinstance(lp, ChatLogprobs):
+            self._saw_logprobs = True
+            self._chat.extend(lp.content or ())
+        elif isinstance(lp, CompletionLogprobs):
+            self._saw_logprobs = True
+            toks = lp.tokens or []
+            self._tokens.extend(toks)
+            self._token_lps.extend(lp.token_logprobs or [None] * len(toks))
+            tops = list(lp.top_logprobs or [])
+            self._tops.extend(tops + [None] * (len(toks) - len(tops)))
+        return ChunkInfo(self.endpoint, tuple(spans))
+
+    def result(self, partial: bool | None = None) -> Captured:
+        """The accumulated capture; ``partial`` defaults to "no [DONE] was seen"."""
+        lp: object = None
+        if self._saw_logprobs:
+            if self.endpoint == "chat":
+                lp = ChatLogprobs(content=self._chat)
+            else:
+                lp = CompletionLogprobs(self._tokens, self._token_lps, self._tops)
+        tokens, chosen, top, rank = logprob_arrays(lp, self.k)
+        return Captured(
+            endpoint=self.endpoint,
+            model=self.model,
+            text="".join(self._text),
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            n_choices=self.n_choices,
+            has_logprobs=self._saw_logprobs,
+            tokens=tokens,
+            chosen=chosen,
+            top=top,
+            chosen_rank=rank,
+            partial=(not self.done) if partial is None else partial,
+        )
