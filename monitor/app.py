@@ -13,13 +13,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from monitor import __version__
+from monitor.body_limit import BodySizeLimit
 from monitor.health import router as health_router
 from monitor.http_errors import install_error_handlers
 from monitor.runtime import Role, open_runtime
 from monitor.settings import Settings, load_settings
 
 # Feature routers as "module:attribute", imported when the app is built.
-ROUTERS: list[str] = []
+ROUTERS: list[str] = [
+    "monitor.feedback.router:router",
+    "monitor.generations.router:router",
+    "monitor.api.tasks:router",
+    "monitor.calibrations.router:router",
+    "monitor.api.alerts:router",
+    "monitor.api.evaluate:router",
+    "monitor.alerting.router:router",
+    "monitor.dashboard.router:router",
+]
 
 
 def create_app(settings: Settings | None = None, role: Role = "all") -> FastAPI:
@@ -44,8 +54,13 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.proxy.max_body_bytes)
     install_error_handlers(app)
     app.include_router(health_router)
+    if role in ("all", "api"):
+        from monitor.proxy.service import proxy_routes
+
+        app.router.routes.extend(proxy_routes())
     for path in ROUTERS:
         module_name, _, attr = path.partition(":")
         app.include_router(getattr(importlib.import_module(module_name), attr))

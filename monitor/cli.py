@@ -24,7 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "monitor.commands.model_server",
         "serve a local transformers model (OpenAI-compatible, raw logprobs)",
     ),
+    "evaluate": ("monitor.commands.evaluate", "evaluate metrics and alert rules once, now"),
     "demo": ("monitor.commands.demo", "run the whole loop on the embedded default"),
+    "calibrate": ("monitor.commands.calibrate", "fit a calibration from a labelled JSONL set"),
 }
 
 

@@ -43,6 +43,7 @@ def require_feedback(request: Request) -> None:
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(db_session)]
+# scope="function": commit before the response is sent, so a 2xx means durable.
+SessionDep = Annotated[Session, Depends(db_session, scope="function")]
 AdminAuth = Depends(require_admin)
 FeedbackAuth = Depends(require_feedback)

@@ -38,9 +38,13 @@ class Service(Protocol):
 # Service factories per role, as "module:function" taking the Runtime. Imported
 # only when the role runs, so the API role never imports torch.
 ROLE_SERVICES: dict[str, list[str]] = {
-    "api": [],
-    "scheduler": [],
-    "worker": [],
+    "api": [
+        "monitor.serving.hotswap:create_hot_swap",
+        "monitor.proxy.recorder:create_recorder",
+        "monitor.proxy.service:create_proxy",
+    ],
+    "scheduler": ["monitor.scheduler.service:create_scheduler"],
+    "worker": ["monitor.jobs.worker:create_worker"],
 }
 
 

@@ -87,3 +87,18 @@ def make_settings(tmp_path: Path, db_url: str) -> Callable[..., Settings]:
         return load_settings(**values)
 
     return factory
+
+
+TINY_MODEL_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tiny-model"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """One tiny model for the whole run, reused across runs (its recipe hash guards it).
+
+    Training takes 15 s on a quiet 2-core machine and minutes on a busy one, so
+    the serving, calibrate and demo tests share this build.
+    """
+    from monitor.serving.tiny_model import build_tiny_model
+
+    return build_tiny_model(TINY_MODEL_CACHE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from monitor.errors import ThermostatError
+from monitor.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,4 +13,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ThermostatError("the demo is not ready yet in this version (see the project's issues)")
+    from rich.console import Console
+
+    from monitor.demo.scenario import run_demo
+    from monitor.settings import load_settings
+
+    if args.postgres and not args.postgres.startswith("postgresql"):
+        raise ConfigError(f"--postgres wants a postgresql+psycopg:// URL, got {args.postgres!r}")
+    settings = load_settings()
+    run_demo(Console(), settings.home, args.postgres, keep_serving=not args.exit)
+    return 0

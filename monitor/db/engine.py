@@ -1,8 +1,8 @@
 """Engine construction for both dialects, with the pragmas and timeouts each needs.
 
-SQLite: WAL (readers never block the writer), foreign keys on, a busy timeout
-so concurrent writers wait instead of failing, and explicit BEGIN so
-SQLAlchemy's transactions are real ones. Postgres: pre-ping (survives a
+SQLite: WAL, foreign keys on, a busy timeout so concurrent writers wait
+instead of failing, and explicit BEGIN IMMEDIATE so SQLAlchemy's transactions
+are real ones that queue for the single write lock up front. Postgres: pre-ping (survives a
 restarted server), a statement timeout, and the application name so
 `pg_stat_activity` shows which role holds a connection.
 """
@@ -60,7 +60,10 @@ def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # IMMEDIATE: take the write lock at the start. A deferred transaction that
+        # reads and then writes cannot wait for the lock (SQLite fails it with
+        # "database is locked" at once); an immediate one waits the busy timeout.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

@@ -26,10 +26,8 @@ openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from monitor.serving.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny_model_dir(tiny_model_path: Path) -> Path:
+    return tiny_model_path
 
 
 @dataclass

@@ -1,0 +1,93 @@
+"""The naive baseline for proxy benchmarks: FastAPI + httpx, parse and re-serialise.
+
+What a first Python LLM proxy usually looks like, run in the same benchmark as
+the sidecar so the comparison is made on the same machine under the same load:
+the request is parsed (``await request.json()``), forwarded with httpx, the
+~100 KB response body is parsed into Python objects, one key is added, and the
+whole body is serialised again with ``JSONResponse``. Streams are passed
+through with ``StreamingResponse`` over ``aiter_raw`` (no parsing).
+
+    python bench/naive_proxy.py --upstream http://127.0.0.1:UP/v1 [--port 0]
+
+Prints ``PORT <n>`` on stdout once listening; uvicorn picks uvloop/httptools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+
+def build_app(upstream: str) -> FastAPI:
+    state: dict[str, httpx.AsyncClient] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        timeout = httpx.Timeout(120.0, connect=5.0)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+            state["client"] = client
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def forward(request: Request, path: str) -> Response:
+        client = state["client"]
+        body: dict[str, Any] = await request.json()
+        url = upstream + path
+        if body.get("stream"):
+            req = client.build_request("POST", url, json=body)
+            resp = await client.send(req, stream=True)
+
+            async def relay() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in resp.aiter_raw():
+                        yield chunk
+                finally:
+                    await resp.aclose()
+
+            return StreamingResponse(relay(), media_type="text/event-stream")
+        resp = await client.post(url, json=body)
+        data = resp.json()
+        if isinstance(data, dict):
+            data["thermostat"] = {"confidence": None}
+        return JSONResponse(data, status_code=resp.status_code)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await forward(request, "/chat/completions")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await forward(request, "/completions")
+
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:9000/v1")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
+    a = p.parse_args()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((a.host, a.port))
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(
+        build_app(a.upstream.rstrip("/")), access_log=False, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])  # run(): uvicorn sets up uvloop/httptools as it picks
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,513 @@
+"""What the sidecar proxy costs: capacity, added latency, streaming TTFB (issue 4).
+
+Starts the benchmark upstream (``upstream_server.py``: precomputed 200-token,
+top-5, ~100 KB vLLM-shaped answers), the sidecar as users run it (``thermostat
+serve --role api``, one uvicorn process, uvloop/httptools as uvicorn picks,
+SQLite under a temporary THERMOSTAT_HOME so the recorder really writes) and the
+naive FastAPI+httpx passthrough (``naive_proxy.py``), then measures direct and
+through the proxy in the same run, interleaved, repeated, medians reported:
+
+  (a) capacity: req/s at concurrency 64 with zero upstream delay, direct vs
+      proxy vs naive (wrk), and the proxy's CPU seconds per request from
+      /proc/<pid>/stat (utime + stime, every thread: the recorder's writer too);
+  (b) latency: p50/p99 at upstream delay U(25, 75) ms, concurrency 1/16/32/64,
+      direct vs proxy (wrk --latency), added p50 and p99 (paired per repeat;
+      the upstream's RNG is reseeded before every run, so direct and proxy
+      see the same delay sequence);
+  (c) streaming: time to first body byte and total, direct vs proxy, at
+      concurrency 16 (a small aiohttp client; wrk cannot measure TTFB).
+
+    .venv/bin/python bench/proxy_overhead.py [--duration 10] [--latency-duration 8]
+        [--repeats 3] [--stream-requests 400] [--only a,b,c] [--naive-latency]
+
+Everything runs on loopback and stops by itself; every child is terminated on
+exit. Needs ``wrk`` on PATH. Load generator, upstream and proxy share the
+machine's cores: read ratios measured in the same run, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PY = sys.executable
+LUA = BENCH / "post.lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CHAT = "/v1/chat/completions"
+
+
+# --- processes -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Procs:
+    """Children started by this run; all terminated (then killed) on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.procs):
+            self.stop(proc)
+
+
+def read_port(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith(b"PORT "):
+            return int(line.split()[1])
+    raise RuntimeError(f"{proc.args!r} did not print its port")
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
+SEED = 20241121
+
+
+def serve_upstream(argv: list[str]) -> None:
+    """Run ``upstream_server.py`` with its delays drawn from a seeded RNG; SIGUSR1 reseeds.
+
+    The k-th request the upstream receives after a reseed always gets the same
+    delay, so a direct run and a proxied run started right after a reseed see
+    the same sequence of upstream delays: the percentiles' difference is the
+    proxy's, not the sampling noise of U(25, 75) (about +-0.5 ms at the median
+    over a few thousand requests, as large as the target).
+    """
+    import random
+
+    sys.path.insert(0, str(BENCH))
+    import upstream_server
+
+    random.seed(SEED)
+    signal.signal(signal.SIGUSR1, lambda *_: random.seed(SEED))
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(upstream_server.main(upstream_server.parse_args(argv)))
+
+
+def start_upstream(procs: Procs, lo: float, hi: float, gap_ms: float = 0.0) -> tuple[str, int]:
+    cmd = [PY, str(Path(__file__).resolve()), "--serve-upstream", "--port", "0"]
+    cmd += ["--delay-ms-min", str(lo), "--delay-ms-max", str(hi)]
+    cmd += ["--stream-chunk-delay-ms", str(gap_ms)]
+    proc = procs.start(cmd)
+    port = read_port(proc)
+    return f"http://127.0.0.1:{port}", proc.pid
+
+
+def reseed(upstream_pid: int) -> None:
+    os.kill(upstream_pid, signal.SIGUSR1)
+    time.sleep(0.05)
+
+
+def start_sidecar(
+    procs: Procs, upstream: str, home: Path, pythonpath: str | None = None
+) -> tuple[str, int]:
+    port = free_port()
+    thermostat = shutil.which("thermostat", path=str(Path(PY).parent)) or "thermostat"
+    env = {
+        "THERMOSTAT_UPSTREAM_URL": upstream + "/v1",
+        "THERMOSTAT_HOME": str(home),
+        "THERMOSTAT_LOG_LEVEL": "WARNING",
+    }
+    if pythonpath:  # another checkout of `monitor` (an A/B of a change), same command
+        env["PYTHONPATH"] = pythonpath
+    home.mkdir(parents=True, exist_ok=True)
+    proc = procs.start([thermostat, "serve", "--role", "api", "--port", str(port)], env)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/v1/models")
+    return url, proc.pid
+
+
+def start_naive(procs: Procs, upstream: str) -> tuple[str, int]:
+    proc = procs.start([PY, str(BENCH / "naive_proxy.py"), "--upstream", upstream + "/v1"])
+    url = f"http://127.0.0.1:{read_port(proc)}"
+    time.sleep(1.0)  # the port is bound before uvicorn serves
+    return url, proc.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def overhead_histogram(url: str) -> dict[str, float]:
+    """The sidecar's own ``thermostat_proxy_overhead_seconds`` (chat): cumulative buckets."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    pattern = r"^thermostat_proxy_overhead_seconds_(bucket|sum|count)\{([^}]*)\} (\S+)$"
+    for kind, labels, value in re.findall(pattern, text, re.M):
+        if 'endpoint="chat"' not in labels:
+            continue
+        le = re.search(r'le="([^"]+)"', labels)
+        out[le.group(1) if kind == "bucket" and le else kind] = float(value)
+    return out
+
+
+def in_proxy(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    """Mean and p99 (bucket upper bound) in ms of the overhead observed between two scrapes."""
+    n = after.get("count", 0.0) - before.get("count", 0.0)
+    if n <= 0:
+        return float("nan"), float("nan")
+    mean = (after["sum"] - before.get("sum", 0.0)) / n * 1e3
+    bounds = sorted((float(k), k) for k in after if k not in ("sum", "count", "+Inf"))
+    p99 = float("inf")
+    for bound, key in bounds:
+        if after[key] - before.get(key, 0.0) >= 0.99 * n:
+            p99 = bound * 1e3
+            break
+    return mean, p99
+
+
+# --- wrk -------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_s: float | None = None
+
+    @property
+    def cpu_ms_per_req(self) -> float | None:
+        return None if self.cpu_s is None or not self.requests else self.cpu_s / self.requests * 1e3
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if m is None:
+        raise ValueError(f"unparsable wrk time {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(url: str, conns: int, duration: float, pid: int | None = None) -> WrkResult:
+    threads = max(1, min(2, conns))
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration:g}s", "--latency", "--timeout", "10s"]
+    cmd += ["-s", str(LUA), url + CHAT]
+    before = cpu_seconds(pid) if pid else None
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    cpu = cpu_seconds(pid) - before if pid and before is not None else None
+    pct = dict(re.findall(r"^\s*(50|99)%\s+(\S+)\s*$", out, re.M))
+    reqs = re.search(r"(\d+) requests in", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not ("50" in pct and "99" in pct and reqs and rps):
+        raise RuntimeError(f"unparsable wrk output:\n{out}")
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    return WrkResult(
+        float(rps.group(1)), int(reqs.group(1)), _ms(pct["50"]), _ms(pct["99"]), errors, cpu
+    )
+
+
+# --- streaming TTFB client ---------------------------------------------------------
+
+STREAM_BODY = (
+    b'{"model":"m","messages":[{"role":"user","content":"What is 2+2?"}],'
+    b'"max_tokens":200,"stream":true}'
+)
+
+
+async def _stream_run(url: str, n: int, conc: int) -> tuple[list[float], list[float], int]:
+    import aiohttp
+
+    ttfb: list[float] = []
+    total: list[float] = []
+    errors = 0
+    todo = iter(range(n))
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=conc, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+        async def worker() -> None:
+            nonlocal errors
+            for _ in todo:
+                t0 = time.perf_counter()
+                first = None
+                try:
+                    async with session.post(url + CHAT, data=STREAM_BODY, headers=headers) as r:
+                        async for chunk in r.content.iter_any():
+                            if first is None and chunk:
+                                first = time.perf_counter()
+                        ok = r.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                end = time.perf_counter()
+                if not ok or first is None:
+                    errors += 1
+                    continue
+                ttfb.append((first - t0) * 1e3)
+                total.append((end - t0) * 1e3)
+
+        await asyncio.gather(*(worker() for _ in range(conc)))
+    return ttfb, total, errors
+
+
+def stream_client(url: str, n: int, conc: int) -> dict[str, float]:
+    ttfb, total, errors = asyncio.run(_stream_run(url, n, conc))
+    q = statistics.quantiles
+    return {
+        "ttfb_p50": statistics.median(ttfb),
+        "ttfb_p99": q(ttfb, n=100)[98],
+        "total_p50": statistics.median(total),
+        "errors": errors,
+    }
+
+
+# --- phases ----------------------------------------------------------------------
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def phase_capacity(procs: Procs, home: Path, a: argparse.Namespace) -> None:
+    up, _ = start_upstream(procs, 0, 0)
+    proxy, pid = start_sidecar(procs, up, home / "a")
+    naive, naive_pid = start_naive(procs, up)
+    targets = {"direct": (up, None), "proxy": (proxy, pid), "naive": (naive, naive_pid)}
+    for spec in a.extra_sidecar:
+        name, _, path = spec.partition("=")
+        targets[name] = start_sidecar(procs, up, home / f"a-{name}", path)
+    for url, _ in targets.values():  # warm-up: connections, caches, first-call imports
+        wrk(url, 64, 2)
+    runs: dict[str, list[WrkResult]] = {k: [] for k in targets}
+    for _ in range(a.repeats):
+        for name, (url, p) in targets.items():
+            runs[name].append(wrk(url, 64, a.duration, p))
+    print(
+        f"\n(a) capacity: concurrency 64, zero upstream delay, wrk {a.duration:g} s x {a.repeats}"
+    )
+    print(
+        f"{'target':12s} {'req/s (median)':>15s} {'runs':>26s} {'CPU ms/req':>11s} {'errors':>7s}"
+    )
+    d = med([r.rps for r in runs["direct"]])
+    for name, rs in runs.items():
+        cpu = [r.cpu_ms_per_req for r in rs if r.cpu_ms_per_req is not None]
+        cpu_txt = f"{med(cpu):11.3f}" if cpu else f"{'-':>11s}"
+        each = " ".join(f"{r.rps:.0f}" for r in rs)
+        print(
+            f"{name:12s} {med([r.rps for r in rs]):15.0f} {each:>26s} {cpu_txt} "
+            f"{sum(r.errors for r in rs):7d}"
+        )
+    p = med([r.rps for r in runs["proxy"]])
+    n = med([r.rps for r in runs["naive"]])
+    print(
+        f"proxy/direct {p / d:.2f}; proxy/naive {p / n:.1f}x; target >= 1000 req/s: "
+        f"{'met' if p >= 1000 else 'NOT met'}"
+    )
+    for name in [t for t in targets if t != "direct"]:
+        cpu = [r.cpu_ms_per_req for r in runs[name] if r.cpu_ms_per_req]
+        if cpu:
+            print(f"{name}: {1000 / med(cpu):.0f} req/s per fully used core (1 / CPU per request)")
+    procs.stop_all()
+
+
+def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
+    up, up_pid = start_upstream(procs, 25, 75)
+    proxy, _ = start_sidecar(procs, up, home / "b")
+    targets = {"direct": up, "proxy": proxy}
+    if a.naive_latency:
+        targets["naive"] = start_naive(procs, up)[0]
+    for url in targets.values():
+        wrk(url, 16, 2)
+    conc = [1, 16, 32, 64]
+    runs: dict[tuple[str, int], list[WrkResult]] = {}
+    inside: dict[int, list[tuple[float, float]]] = {}
+    for _ in range(a.repeats):
+        for c in conc:
+            for name, url in targets.items():
+                reseed(up_pid)  # the same delay sequence for every target
+                hist = overhead_histogram(url) if name == "proxy" else None
+                runs.setdefault((name, c), []).append(wrk(url, c, a.latency_duration))
+                if hist is not None:
+                    inside.setdefault(c, []).append(in_proxy(hist, overhead_histogram(url)))
+    print(
+        f"\n(b) latency: upstream delay U(25,75) ms, wrk {a.latency_duration:g} s x {a.repeats}, "
+        "medians; added = median of paired (proxy - direct) per repeat"
+    )
+    hdr = f"{'conc':>4s} {'direct p50':>10s} {'proxy p50':>10s} {'added p50':>10s} "
+    hdr += f"{'direct p99':>10s} {'proxy p99':>10s} {'added p99':>10s} {'req/s d/p':>12s}"
+    hdr += f" {'in-proxy mean':>13s} {'p99<=':>6s}"
+    if a.naive_latency:
+        hdr += f" {'naive +p50':>10s} {'naive +p99':>10s}"
+    print(hdr + "   (ms)")
+    for c in conc:
+        d, p = runs[("direct", c)], runs[("proxy", c)]
+        add50 = med([x.p50_ms - y.p50_ms for x, y in zip(p, d, strict=True)])
+        add99 = med([x.p99_ms - y.p99_ms for x, y in zip(p, d, strict=True)])
+        row = (
+            f"{c:4d} {med([r.p50_ms for r in d]):10.2f} {med([r.p50_ms for r in p]):10.2f} "
+            f"{add50:10.2f} {med([r.p99_ms for r in d]):10.2f} "
+            f"{med([r.p99_ms for r in p]):10.2f} {add99:10.2f} "
+            f"{med([r.rps for r in d]):5.0f}/{med([r.rps for r in p]):<5.0f}"
+        )
+        row += f" {med([m for m, _ in inside[c]]):13.2f} {med([q for _, q in inside[c]]):6.2f}"
+        if a.naive_latency:
+            nv = runs[("naive", c)]
+            row += f" {med([x.p50_ms - y.p50_ms for x, y in zip(nv, d, strict=True)]):10.2f}"
+            row += f" {med([x.p99_ms - y.p99_ms for x, y in zip(nv, d, strict=True)]):10.2f}"
+        errs = sum(r.errors for k, rs in runs.items() if k[1] == c for r in rs)
+        print(row + (f"  errors {errs}" if errs else ""))
+    print("targets (concurrency 16 and 32): added p50 < 1 ms, added p99 < 5 ms")
+    print(
+        "in-proxy: the sidecar's own thermostat_proxy_overhead_seconds over the same runs "
+        "(handler start to response sent, upstream time excluded); the rest of 'added' is "
+        "time the request waited for the process (event loop queue, CPU, GIL)"
+    )
+    procs.stop_all()
+
+
+def phase_stream(procs: Procs, home: Path, a: argparse.Namespace) -> None:
+    up, up_pid = start_upstream(procs, 25, 75, a.chunk_gap_ms)
+    proxy, _ = start_sidecar(procs, up, home / "c")
+    targets = {"direct": up, "proxy": proxy}
+    for url in targets.values():
+        stream_client(url, 32, 16)
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
+    for _ in range(a.repeats):
+        for name, url in targets.items():
+            reseed(up_pid)
+            runs[name].append(stream_client(url, a.stream_requests, 16))
+    print(
+        f"\n(c) streaming: concurrency 16, {a.stream_requests} requests x {a.repeats}, upstream "
+        f"delay U(25,75) ms then 200 events {a.chunk_gap_ms:g} ms apart; medians (ms)"
+    )
+    print(f"{'target':8s} {'TTFB p50':>9s} {'TTFB p99':>9s} {'total p50':>10s} {'errors':>7s}")
+    for name, rs in runs.items():
+        print(
+            f"{name:8s} {med([r['ttfb_p50'] for r in rs]):9.2f} "
+            f"{med([r['ttfb_p99'] for r in rs]):9.2f} {med([r['total_p50'] for r in rs]):10.2f} "
+            f"{sum(int(r['errors']) for r in rs):7d}"
+        )
+    d, p = runs["direct"], runs["proxy"]
+    added = med([x["ttfb_p50"] - y["ttfb_p50"] for x, y in zip(p, d, strict=True)])
+    print(
+        f"TTFB added (p50, paired): {added:.2f} ms; target < 1 ms: "
+        f"{'met' if added < 1 else 'NOT met'}"
+    )
+    procs.stop_all()
+
+
+@contextlib.contextmanager
+def running() -> Iterator[Procs]:
+    procs = Procs()
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--serve-upstream"]:
+        return serve_upstream(sys.argv[2:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per capacity run")
+    p.add_argument("--latency-duration", type=float, default=8.0, help="seconds per latency run")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--stream-requests", type=int, default=400)
+    p.add_argument("--chunk-gap-ms", type=float, default=2.0, help="upstream gap between events")
+    p.add_argument("--only", default="a,b,c", help="phases to run, e.g. a or a,c")
+    p.add_argument(
+        "--extra-sidecar",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHONPATH",
+        help="(a) also measures a sidecar importing `monitor` from PYTHONPATH (A/B a change)",
+    )
+    p.add_argument("--naive-latency", action="store_true", help="naive baseline in (b) too")
+    a = p.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not on PATH (Debian: apt-get install wrk)")
+    phases = set(a.only.split(","))
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {Path('/proc/loadavg').read_text()[:15]}"
+        f" (start); python {sys.version.split()[0]}"
+    )
+    with running() as procs, tempfile.TemporaryDirectory(prefix="thermostat-bench-") as tmp:
+        home = Path(tmp)
+        if "a" in phases:
+            phase_capacity(procs, home, a)
+        if "b" in phases:
+            phase_latency(procs, home, a)
+        if "c" in phases:
+            phase_stream(procs, home, a)
+    print(f"\nload average {Path('/proc/loadavg').read_text()[:15]} (end)")
+
+
+if __name__ == "__main__":
+    main()

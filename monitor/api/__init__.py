@@ -1,0 +1,1 @@
+"""Admin API routes that span features (tasks, alerts, evaluation)."""

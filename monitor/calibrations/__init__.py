@@ -1,0 +1,1 @@
+"""Calibration versions: activation (forward and rollback), re-scoring, and their admin API."""

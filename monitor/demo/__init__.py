@@ -1,0 +1,1 @@
+"""`thermostat demo`: the whole loop on the embedded default, in one command."""

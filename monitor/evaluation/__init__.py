@@ -1,0 +1,1 @@
+"""Per-task evaluation: calibration metrics, label-free drift signals, rule verdicts."""

@@ -1,0 +1,1 @@
+"""Feedback: users' and graders' verdicts on generations, the labels calibration needs."""

@@ -1,0 +1,1 @@
+"""Generations: one proxied answer each, with its stored logprobs and feedback."""

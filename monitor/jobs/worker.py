@@ -1,0 +1,136 @@
+"""The worker role's service: poll, claim, run the job in a thread, heartbeat the lease.
+
+The event loop only schedules; every database call and the fit itself run in
+threads, so an `all`-role process keeps answering HTTP during a fit. While a
+job runs, a heartbeat extends its lease every `heartbeat_s`; if the process
+dies the lease expires and any worker re-queues the job. Between jobs the
+loop also re-scores history for versions activated through the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import traceback
+
+from monitor.calibrations import service as calibrations
+from monitor.db.session import session_scope
+from monitor.jobs import claim
+from monitor.jobs.claim import ClaimedJob
+from monitor.jobs.recalibration import JobOutcome, LeaseLost, fail_expired, record_failure, run_job
+from monitor.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class WorkerService:
+    name = "worker"
+
+    def __init__(self, runtime: Runtime, *, device: str | None = None) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings.worker
+        self.device = device
+        self.owner = claim.new_lease_owner()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.outcomes: list[JobOutcome] = []  # recent outcomes, for tests and logs
+        self.current_job: ClaimedJob | None = None
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"worker {self.owner}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            # A fit in its thread cannot be interrupted: its lease expires and
+            # another worker re-runs the job.
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                worked = await self.run_once()
+            except Exception:
+                log.exception("worker poll failed (database down?); retrying")
+                worked = False
+            if not worked:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.settings.poll_interval_s)
+
+    async def run_once(self) -> bool:
+        """One poll: re-queue dead leases, run one due job or one re-score; True if busy."""
+        await asyncio.to_thread(fail_expired, self.runtime.sessions)
+        job = await asyncio.to_thread(self._claim)
+        if job is not None:
+            await self.execute(job)
+            return True
+        return await self._rescore_one()
+
+    def _claim(self) -> ClaimedJob | None:
+        with session_scope(self.runtime.sessions) as session:
+            return claim.claim_job(session, self.owner, self.settings.lease_s)
+
+    async def execute(self, job: ClaimedJob) -> JobOutcome | None:
+        """Run a claimed job with heartbeats; errors become retries or failure."""
+        self.current_job = job
+        log.info(
+            "worker %s claimed job %s (%s, attempt %s)", self.owner, job.id, job.task, job.attempts
+        )
+        beat = asyncio.create_task(self._heartbeat(job))
+        try:
+            outcome = await asyncio.to_thread(
+                run_job, self.runtime.sessions, self.runtime.settings, job, device=self.device
+            )
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+            return None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("job %s failed: %s\n%s", job.id, error, traceback.format_exc())
+            await asyncio.to_thread(record_failure, self.runtime.sessions, job, error)
+            return None
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            self.current_job = None
+        self.outcomes = [*self.outcomes[-19:], outcome]
+        return outcome
+
+    async def _heartbeat(self, job: ClaimedJob) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            try:
+                held = await asyncio.to_thread(self._beat, job)
+            except Exception:
+                log.warning("heartbeat for job %s failed; will retry", job.id, exc_info=True)
+                continue
+            if not held:
+                log.warning("job %s: lease lost; its result will be discarded", job.id)
+                return
+
+    def _beat(self, job: ClaimedJob) -> bool:
+        with session_scope(self.runtime.sessions) as session:
+            return claim.heartbeat(session, job.id, job.owner, self.settings.lease_s)
+
+    async def _rescore_one(self) -> bool:
+        pending = await asyncio.to_thread(self._pending_rescores)
+        if not pending:
+            return False
+        calibration_id, task = pending[0]
+        config = self.runtime.settings.task_config(task)
+        await asyncio.to_thread(calibrations.rescore, self.runtime.sessions, calibration_id, config)
+        return True
+
+    def _pending_rescores(self) -> list[tuple[int, str]]:
+        with session_scope(self.runtime.sessions) as session:
+            return calibrations.pending_rescores(session)
+
+
+def create_worker(runtime: Runtime) -> WorkerService:
+    return WorkerService(runtime)

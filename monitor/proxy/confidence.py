@@ -1,0 +1,57 @@
+"""The one confidence computed per request: raw (T = 1) and calibrated (the task's T).
+
+Works on the numpy arrays capture already built, through the same
+renormalised top-K maths the fitter uses (`monitor.calibration.aggregation`),
+so what is served is exactly what recalibration optimises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from monitor.calibration.aggregation import answer_span_positions, token_logprobs
+from monitor.config import ConfidenceMethod, TaskConfig
+from monitor.proxy.capture import Captured
+
+
+def answer_span(captured: Captured, config: TaskConfig) -> tuple[int, int] | None:
+    if config.confidence != ConfidenceMethod.answer_span or not config.answer_pattern:
+        return None
+    if not captured.tokens:
+        return None
+    return answer_span_positions(captured.tokens, captured.text, config.answer_pattern)
+
+
+def _window(n: int, method: ConfidenceMethod, span: tuple[int, int] | None) -> tuple[int, int]:
+    if method == ConfidenceMethod.last_token:
+        return max(n - 1, 0), n
+    if method == ConfidenceMethod.answer_span and span is not None:
+        start, end = max(0, min(span[0], n)), max(0, min(span[1], n))
+        if end > start:
+            return start, end
+    return 0, n
+
+
+def confidence(
+    captured: Captured,
+    method: ConfidenceMethod,
+    temperature: float,
+    span: tuple[int, int] | None = None,
+) -> float | None:
+    """The generation's confidence at `temperature`, or None without logprobs."""
+    n = int(captured.chosen.shape[0])
+    lo, hi = _window(n, method, span)
+    if hi <= lo:
+        return None
+    lp = token_logprobs(
+        captured.chosen[lo:hi], captured.top[lo:hi], captured.chosen_rank[lo:hi], temperature
+    )
+    if method == ConfidenceMethod.mean:
+        value = float(np.exp(lp).mean())
+    elif method == ConfidenceMethod.min:
+        value = math.exp(float(lp.min()))
+    else:  # geometric mean over the window (all tokens, the last one, or the span)
+        value = math.exp(float(lp.mean()))
+    return value if math.isfinite(value) else None

@@ -1,0 +1,403 @@
+"""The recorder: a bounded queue on the request path, one writer thread behind it.
+
+The request path only calls `submit()`, a non-blocking put; what does not fit
+is dropped, counted and logged (rate-limited), never silently. One writer
+thread drains the queue in batches (`batch_size` or `flush_interval_s`,
+whichever comes first), packs the arrays, and inserts with ON CONFLICT DO
+NOTHING. A thread, not an asyncio task: the database calls are synchronous
+SQLAlchemy and must never stall the event loop that serves requests.
+
+When the database is unavailable a batch goes to the spool (`spool.py`,
+fsynced) and is replayed, oldest first, every `replay_interval_s` once the
+database answers again; while anything is spooled, new batches queue up behind
+it in the spool so rows reach the database in order. Rows the database refuses
+for their content (not its availability) are retried one by one and only the
+bad ones are dropped, so one bad row never poisons a batch or the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.db.dialect import insert_ignoring_conflicts
+from monitor.db.models import Feedback
+from monitor.db.session import session_scope
+from monitor.generations import repository as generations
+from monitor.proxy.metrics import ProxyMetrics, proxy_metrics
+from monitor.proxy.records import (
+    FeedbackRecord,
+    GenerationRecord,
+    generation_from_spool,
+    generation_row,
+)
+from monitor.proxy.spool import FEEDBACK, GENERATION, Entry, Spool, SpooledFeedback
+from monitor.runtime import Runtime
+from monitor.settings import RecorderSettings
+from monitor.tasks.repository import ensure_tasks
+
+log = logging.getLogger(__name__)
+
+EXTRAS_KEY = "recorder"
+DROP_LOG_INTERVAL_S = 10.0
+STOP_TIMEOUT_S = 60.0
+_STOP_POLL_S = 0.05
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the database could not be reached, as opposed to refusing a row."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(
+        self,
+        settings: RecorderSettings,
+        sessions: sessionmaker[Session],
+        spool_dir: Path,
+        metrics: ProxyMetrics,
+        *,
+        recent_ids: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.metrics = metrics
+        self.spool = Spool(spool_dir, settings.spool_max_bytes)
+        self._queue: queue.Queue[GenerationRecord] = queue.Queue(maxsize=settings.queue_size)
+        self._recent: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._recent_max = recent_ids or max(2 * settings.queue_size, 50_000)
+        self._recent_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_replay = 0.0
+        self._drops_unlogged = 0
+        self._last_drop_log = 0.0
+        metrics.queue_depth.set_function(self._queue.qsize)
+        metrics.spool_bytes.set_function(lambda: self.spool.bytes)
+
+    # --- request path ----------------------------------------------------------
+
+    def submit(self, record: GenerationRecord) -> bool:
+        """Queue a record without blocking; False (counted, logged) when it was dropped."""
+        if self._thread is None or not self._thread.is_alive():
+            # Not running (stopped, or a request finishing during shutdown): keep
+            # the row durably; the next start replays it.
+            return self._spool_directly(record)
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._drop("queue_full")
+            return False
+        self._remember(record.id)
+        return True
+
+    def is_pending(self, generation_id: uuid.UUID) -> bool:
+        """Whether the id was recently submitted (queued, being written, spooled or written)."""
+        with self._recent_lock:
+            if generation_id in self._recent:
+                return True
+        return self.spool.holds_generation(generation_id)
+
+    def spool_feedback(self, record: FeedbackRecord) -> bool:
+        """Durably keep feedback while the database is down; False if the spool is full."""
+        if self.spool.append([(FEEDBACK, record.to_row())]) == 0:
+            self._drop("spool_full")
+            return False
+        self.metrics.spooled_total.labels(kind=FEEDBACK).inc()
+        return True
+
+    def spooled_feedback(self, idempotency_key: str) -> SpooledFeedback | None:
+        return self.spool.feedback_for_key(idempotency_key)
+
+    def _remember(self, generation_id: uuid.UUID) -> None:
+        with self._recent_lock:
+            self._recent[generation_id] = None
+            while len(self._recent) > self._recent_max:
+                self._recent.popitem(last=False)
+
+    def _spool_directly(self, record: GenerationRecord) -> bool:
+        if self._spool_records([record]) == 0:
+            return False
+        self._remember(record.id)
+        return True
+
+    def _spool_records(self, records: Sequence[GenerationRecord]) -> int:
+        entries: list[Entry] = []
+        for record in records:
+            try:
+                entries.append((GENERATION, generation_row(record)))
+            except Exception:
+                log.exception("generation %s could not be packed; dropped", record.id)
+                self._drop("invalid")
+        return self._spool_entries(entries) if entries else 0
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self.metrics.dropped_total.labels(reason=reason).inc(count)
+        self._drops_unlogged += count
+        now = time.monotonic()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
+            log.warning(
+                "recorder dropped %d record(s) (latest reason: %s); see "
+                "thermostat_recorder_dropped_total",
+                self._drops_unlogged,
+                reason,
+            )
+            self._drops_unlogged = 0
+            self._last_drop_log = now
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="thermostat-recorder", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Flush everything queued (to the database or the spool), then end the writer."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join, STOP_TIMEOUT_S)
+            if thread.is_alive():
+                log.error("recorder writer did not finish within %ss", STOP_TIMEOUT_S)
+        self._thread = None
+        # Anything that slipped in after the writer's last look goes to the spool.
+        leftovers = self._take(self._queue.qsize())
+        self._spool_records(leftovers)
+        for _ in leftovers:
+            self._queue.task_done()
+        self.spool.close()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until every submitted record has been written or spooled (for tests)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    # --- writer thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._collect()
+            try:
+                if batch:
+                    self._flush(batch)
+            except Exception:  # the writer must outlive any bug in one batch
+                log.exception("recorder writer failed on a batch of %d; spooling it", len(batch))
+                self._spool_records(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            try:
+                if self.spool.has_data() and time.monotonic() >= self._next_replay:
+                    self.replay()
+            except Exception:
+                log.exception("spool replay failed; will retry")
+            if self._stopping.is_set() and self._queue.empty():
+                return
+
+    def _collect(self) -> list[GenerationRecord]:
+        interval = self.settings.flush_interval_s
+        first = self._get(time.monotonic() + interval)
+        if first is None:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + interval
+        while len(batch) < self.settings.batch_size:
+            record = self._get(deadline)
+            if record is None:
+                break
+            batch.append(record)
+        return batch
+
+    def _get(self, deadline: float) -> GenerationRecord | None:
+        """Next record before `deadline`; waits in short slices so `stop()` is noticed."""
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0 or self._stopping.is_set():
+                    return self._queue.get_nowait()
+                return self._queue.get(timeout=min(remaining, _STOP_POLL_S))
+            except queue.Empty:
+                if remaining <= 0 or self._stopping.is_set():
+                    return None
+
+    def _take(self, count: int) -> list[GenerationRecord]:
+        taken: list[GenerationRecord] = []
+        for _ in range(count):
+            try:
+                taken.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return taken
+
+    def _flush(self, batch: Sequence[GenerationRecord]) -> None:
+        entries: list[Entry] = []
+        for record in batch:
+            try:
+                entries.append((GENERATION, generation_row(record)))
+            except Exception:
+                log.exception("generation %s could not be packed; dropped", record.id)
+                self._drop("invalid")
+        if not entries:
+            return
+        if self.spool.has_data() and time.monotonic() >= self._next_replay:
+            self.replay()
+        if self.spool.has_data():
+            self._spool_entries(entries)  # stay behind what is already spooled
+            return
+        try:
+            self._commit(entries)
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning(
+                "database unavailable (%s); spooling %d rows", _first_line(exc), len(entries)
+            )
+            self._next_replay = time.monotonic() + self.settings.replay_interval_s
+            self._spool_entries(entries)
+            return
+        self.metrics.written_total.labels(kind=GENERATION).inc(len(entries))
+
+    def _spool_entries(self, entries: Sequence[Entry]) -> int:
+        kept = self.spool.append(entries)
+        if kept:
+            self.metrics.spooled_total.labels(kind=GENERATION).inc(kept)
+        if kept < len(entries):
+            self._drop("spool_full", len(entries) - kept)
+        return kept
+
+    def replay(self) -> int:
+        """Replay spooled segments oldest first; return rows replayed. Writer thread only."""
+        self._next_replay = time.monotonic() + self.settings.replay_interval_s
+        if not self._database_answers():
+            return 0
+        replayed = 0
+        for path in self.spool.sealed_segments():
+            entries = self.spool.read(path)
+            try:
+                self._commit(entries)
+            except SQLAlchemyError as exc:
+                if not is_unavailable(exc):
+                    raise
+                log.warning("spool replay paused: %s", _first_line(exc))
+                return replayed
+            self.spool.discard(path, entries)
+            for kind in (GENERATION, FEEDBACK):
+                count = sum(1 for k, _ in entries if k == kind)
+                if count:
+                    self.metrics.replayed_total.labels(kind=kind).inc(count)
+            replayed += len(entries)
+        if replayed:
+            log.info("replayed %d spooled rows", replayed)
+        return replayed
+
+    def _database_answers(self) -> bool:
+        try:
+            with self.sessions() as session:
+                session.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    # --- database --------------------------------------------------------------
+
+    def _commit(self, entries: Sequence[Entry]) -> None:
+        """Insert entries in order in one transaction; fall back to one by one on bad rows."""
+        try:
+            self._insert(entries)
+        except SQLAlchemyError as exc:
+            if is_unavailable(exc) or len(entries) == 1:
+                raise
+            log.warning("batch refused (%s); retrying row by row", _first_line(exc))
+            for entry in entries:
+                try:
+                    self._insert([entry])
+                except SQLAlchemyError as row_exc:
+                    if is_unavailable(row_exc):
+                        raise
+                    log.error(
+                        "row %s refused, dropped: %s", entry[1].get("id"), _first_line(row_exc)
+                    )
+                    self._drop("rejected")
+        # Feedback may have committed between our read and our commit: look again.
+        generation_ids = [_uuid(row["id"]) for kind, row in entries if kind == GENERATION]
+        if generation_ids:
+            try:
+                with session_scope(self.sessions) as session:
+                    early = generations.ids_with_feedback(session, generation_ids)
+                    generations.relabel(session, early)
+            except SQLAlchemyError as exc:
+                log.warning("relabelling after insert failed: %s", _first_line(exc))
+
+    def _insert(self, entries: Sequence[Entry]) -> None:
+        with session_scope(self.sessions) as session:
+            relabel: set[uuid.UUID] = set()
+            for kind, rows in _runs(entries):
+                if kind == GENERATION:
+                    values = [generation_from_spool(row) for row in rows]
+                    ensure_tasks(session, {row["task"] for row in values})
+                    generations.insert_generations(session, values)
+                    relabel |= generations.ids_with_feedback(session, [v["id"] for v in values])
+                elif kind == FEEDBACK:
+                    feedback = [FeedbackRecord.from_row(row).to_row() for row in rows]
+                    insert_ignoring_conflicts(session, Feedback, feedback)
+                    relabel |= {row["generation_id"] for row in feedback}
+            generations.relabel(session, relabel)
+
+
+def _runs(entries: Sequence[Entry]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Consecutive entries of one kind, so each run is one multi-row insert, order kept."""
+    runs: list[tuple[str, list[dict[str, Any]]]] = []
+    for kind, row in entries:
+        if runs and runs[-1][0] == kind:
+            runs[-1][1].append(row)
+        else:
+            runs.append((kind, [row]))
+    return runs
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _first_line(exc: BaseException) -> str:
+    text_ = str(exc).strip()
+    return text_.splitlines()[0] if text_ else type(exc).__name__
+
+
+def create_recorder(runtime: Runtime) -> Recorder:
+    """Service factory for the API role; the recorder is shared via `runtime.extras`."""
+    recorder = Recorder(
+        runtime.settings.recorder,
+        runtime.sessions,
+        runtime.settings.spool_dir,
+        proxy_metrics(runtime),
+    )
+    runtime.extras[EXTRAS_KEY] = recorder
+    return recorder
+
+
+def get_recorder(runtime: Runtime) -> Recorder | None:
+    recorder = runtime.extras.get(EXTRAS_KEY)
+    return recorder if isinstance(recorder, Recorder) else None

@@ -1,0 +1,1 @@
+"""The scheduler role: periodic evaluation, webhook delivery, retention and cron jobs."""

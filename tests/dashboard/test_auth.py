@@ -1,0 +1,165 @@
+"""Sign-in, session cookie and CSRF rules of the dashboard (both database backends)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.app import create_app
+from monitor.dashboard import actions
+from monitor.dashboard import router as pages
+from monitor.dashboard import session as dash_session
+from monitor.db.models import RecalibrationJob
+from monitor.settings import Settings
+from tests.dashboard.conftest import ADMIN_TOKEN, CSRF_RE, QUIET_SCHEDULER, sign_in
+from tests.dashboard.seed import DRIFTING
+
+PUBLIC = {"/dashboard/login", "/dashboard/static/dashboard.css"}
+SAMPLE_PARAMS = {"task": DRIFTING, "calibration_id": "1", "webhook_id": "1"}
+
+
+def dashboard_routes() -> list[tuple[str, str]]:
+    """Every route the dashboard declares (pages and actions), path parameters filled in."""
+    declared = [(r, "") for r in pages.router.routes] + [
+        (r, "/dashboard") for r in actions.router.routes
+    ]
+    out = []
+    for route, prefix in declared:
+        if not isinstance(route, APIRoute) or prefix + route.path in PUBLIC:
+            continue
+        path = re.sub(r"\{(\w+)\}", lambda m: SAMPLE_PARAMS[m.group(1)], prefix + route.path)
+        out += [(method, path) for method in sorted(route.methods or ())]
+    return out
+
+
+def test_every_dashboard_route_redirects_to_login_without_a_session(
+    client: TestClient, seeded: None
+) -> None:
+    routes = dashboard_routes()
+    assert len(routes) >= 12, routes
+    client.cookies.set(dash_session.SESSION_COOKIE, "v1.9999999999.forged.signature")
+    for method, path in routes:
+        response = client.request(method, path, follow_redirects=False)
+        assert response.status_code == 303, (method, path, response.status_code)
+        assert response.headers["location"].startswith("/dashboard/login"), (method, path)
+
+
+def test_admin_api_refuses_without_the_token(client: TestClient) -> None:
+    assert client.get("/api/tasks").status_code == 401
+
+
+def test_login_sets_a_hardened_session_cookie(client: TestClient) -> None:
+    form = client.get("/dashboard/login")
+    assert form.status_code == 200
+    assert re.findall(r'<input[^>]+name="(\w+)"[^>]*type="password"', form.text) == ["token"]
+    response = client.post("/dashboard/login", data={"token": ADMIN_TOKEN}, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/dashboard"
+    cookie = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith("thermostat_session=")
+    )
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert {"httponly", "path", "max-age", "samesite"} <= attributes
+    assert "samesite=strict" in cookie.lower() and "path=/;" in cookie.lower() + ";"
+    assert client.get("/dashboard", follow_redirects=False).status_code == 200
+
+
+def test_a_wrong_token_is_refused(client: TestClient) -> None:
+    response = client.post("/dashboard/login", data={"token": "guess"}, follow_redirects=False)
+    assert response.status_code == 401
+    assert "not the admin token" in response.text
+    assert dash_session.SESSION_COOKIE not in response.cookies
+    assert client.get("/dashboard", follow_redirects=False).status_code == 303
+
+
+def test_login_never_redirects_off_site(client: TestClient) -> None:
+    for target in ("https://evil.example/", "//evil.example/x", "/api/tasks"):
+        response = client.post(
+            "/dashboard/login",
+            data={"token": ADMIN_TOKEN, "next": target},
+            follow_redirects=False,
+        )
+        assert response.headers["location"] == "/dashboard"
+    response = client.post(
+        "/dashboard/login",
+        data={"token": ADMIN_TOKEN, "next": "/dashboard/jobs"},
+        follow_redirects=False,
+    )
+    assert response.headers["location"] == "/dashboard/jobs"
+
+
+def test_forged_expired_and_foreign_sessions_are_rejected() -> None:
+    key, other = b"k" * 32, b"o" * 32
+    cookie, issued = dash_session.issue_session(key, now=1_000)
+    assert dash_session.read_session(key, cookie, now=1_001) == issued
+    expired_at = 1_000 + dash_session.SESSION_TTL_S
+    assert dash_session.read_session(key, cookie, now=expired_at) is None
+    assert dash_session.read_session(other, cookie, now=1_001) is None  # token rotated
+    version, expires, sid, mac = cookie.split(".")
+    longer = f"{version}.{int(expires) + 10**6}.{sid}.{mac}"  # extend the expiry: MAC breaks
+    assert dash_session.read_session(key, longer, now=1_001) is None
+    assert dash_session.read_session(key, "garbage", now=1_001) is None
+    assert issued.csrf_token != dash_session.csrf_for(key, "another-session")
+
+
+def _job_count(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(RecalibrationJob)) or 0)
+
+
+def test_a_form_without_a_valid_csrf_token_is_refused(
+    client: TestClient, seeded: None, sessions: sessionmaker[Session]
+) -> None:
+    csrf = sign_in(client)
+    before = _job_count(sessions)
+    url = f"/dashboard/tasks/{DRIFTING}/recalibrate"
+    other = dash_session.csrf_for(b"x" * 32, "someone-else")
+    for data in ({}, {"csrf_token": ""}, {"csrf_token": "nope"}, {"csrf_token": other}):
+        response = client.post(url, data=data, follow_redirects=False)
+        assert response.status_code == 403, data
+        assert "expired or did not come from the dashboard" in response.text
+    assert _job_count(sessions) == before
+    response = client.post(url, data={"csrf_token": csrf}, follow_redirects=False)
+    assert response.status_code == 303
+    assert _job_count(sessions) == before + 1
+
+
+def test_logout_needs_csrf_and_ends_the_session(client: TestClient) -> None:
+    csrf = sign_in(client)
+    assert client.post("/dashboard/logout", follow_redirects=False).status_code == 403
+    response = client.post("/dashboard/logout", data={"csrf_token": csrf}, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/dashboard/login"
+    assert client.get("/dashboard", follow_redirects=False).status_code == 303
+
+
+@pytest.fixture
+def tokenless(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(scheduler=QUIET_SCHEDULER)
+
+
+def test_without_a_token_loopback_clients_need_no_login(tokenless: Settings) -> None:
+    app = create_app(tokenless, role="api")
+    with TestClient(app, client=("127.0.0.1", 50123)) as local:
+        page = local.get("/dashboard", follow_redirects=False)
+        assert page.status_code == 200
+        assert "No admin token configured" in page.text
+        assert "Sign out" not in page.text
+        assert local.post("/dashboard/evaluate", follow_redirects=False).status_code == 403
+        match = CSRF_RE.search(page.text)
+        assert match is not None
+        response = local.post(
+            "/dashboard/evaluate", data={"csrf_token": match.group(1)}, follow_redirects=False
+        )
+        assert response.status_code == 303
+    with TestClient(create_app(tokenless, role="api")) as remote:  # host "testclient"
+        assert remote.get("/dashboard", follow_redirects=False).status_code == 303
+        login = remote.post("/dashboard/login", data={"token": "anything"})
+        assert login.status_code == 403
+        assert "only local (loopback) clients" in login.text

@@ -1,0 +1,237 @@
+"""The proxy end to end: the official openai client -> sidecar -> a real upstream on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from monitor.app import create_app
+from monitor.settings import Settings
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.servers import serve_app
+
+CHAT = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def sidecar(make_settings: Callable[..., Settings], upstream: FakeUpstream) -> Iterator[str]:
+    settings = make_settings(
+        upstream_url=upstream.base_url, proxy={"read_timeout_s": 2.0, "connect_timeout_s": 1.0}
+    )
+    with serve_app(create_app(settings, "api")) as url:
+        yield url
+
+
+def client(base: str, **kwargs: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="sk-test", max_retries=0, **kwargs)
+
+
+def _without_thermostat(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("thermostat", "id", "created")}
+
+
+@pytest.mark.parametrize("client_logprobs", [None, 2, 5])
+def test_chat_matches_direct_with_exactly_the_logprobs_asked(
+    sidecar: str, upstream: FakeUpstream, client_logprobs: int | None
+) -> None:
+    kwargs: dict[str, Any] = {"model": "fake-model", "messages": CHAT, "max_tokens": 12, "seed": 3}
+    if client_logprobs is not None:
+        kwargs.update(logprobs=True, top_logprobs=client_logprobs)
+    via = client(sidecar).chat.completions.with_raw_response.create(
+        **kwargs, extra_headers={"X-Thermostat-Task": "qa"}
+    )
+    direct = client(upstream.base_url[: -len("/v1")]).chat.completions.create(**kwargs)
+    forwarded = upstream.requests[0].json
+    assert forwarded["logprobs"] is True and forwarded["top_logprobs"] == max(
+        5, client_logprobs or 0
+    )
+    proxied = via.parse()
+    assert proxied.choices[0].message.content == direct.choices[0].message.content
+    body = json.loads(via.content)
+    thermostat = body["thermostat"]
+    assert thermostat["task"] == "qa" and 0 < thermostat["confidence"] <= 1
+    assert thermostat["raw_confidence"] == thermostat["confidence"]  # no calibration yet
+    assert via.headers["x-thermostat-generation-id"] == thermostat["generation_id"]
+    assert float(via.headers["x-thermostat-overhead-ms"]) >= 0
+    logprobs = body["choices"][0]["logprobs"]
+    if client_logprobs is None:
+        assert logprobs is None
+    else:
+        tokens = logprobs["content"]
+        direct_tokens = direct.choices[0].logprobs.content
+        assert [t["token"] for t in tokens] == [t.token for t in direct_tokens]
+        if client_logprobs < 5:  # trimmed to the client's k, best first
+            assert all(len(t["top_logprobs"]) == client_logprobs for t in tokens)
+            for ours, theirs in zip(tokens, direct_tokens, strict=True):
+                best = sorted((a.logprob for a in theirs.top_logprobs), reverse=True)
+                assert [a["logprob"] for a in ours["top_logprobs"]] == best[:client_logprobs]
+        else:  # the same k as the upstream's: passed through untouched (vLLM may add K+1)
+            assert [len(t["top_logprobs"]) for t in tokens] == [
+                len(t.top_logprobs) for t in direct_tokens
+            ]
+
+
+@pytest.mark.parametrize("client_logprobs", [None, 3])
+def test_completions_round_trip(
+    sidecar: str, upstream: FakeUpstream, client_logprobs: int | None
+) -> None:
+    kwargs: dict[str, Any] = {"model": "fake-model", "prompt": "2 + 2 =", "max_tokens": 8}
+    if client_logprobs is not None:
+        kwargs["logprobs"] = client_logprobs
+    raw = client(sidecar).completions.with_raw_response.create(
+        **kwargs, extra_body={"metadata": {"task": "arith"}}
+    )
+    forwarded = upstream.requests[0].json
+    assert forwarded["logprobs"] == 5 and "metadata" not in forwarded
+    body = json.loads(raw.content)
+    assert body["thermostat"]["task"] == "arith"
+    lp = body["choices"][0]["logprobs"]
+    if client_logprobs is None:
+        assert lp is None
+    else:
+        assert all(len(alts) <= client_logprobs for alts in lp["top_logprobs"])
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_streaming_passes_chunks_and_ends_with_thermostat_chunk(
+    sidecar: str, upstream: FakeUpstream, endpoint: str
+) -> None:
+    c = client(sidecar)
+    if endpoint == "chat":
+        stream = c.chat.completions.create(model="m", messages=CHAT, max_tokens=10, stream=True)
+        direct = client(upstream.base_url[:-3]).chat.completions.create(
+            model="m", messages=CHAT, max_tokens=10
+        )
+        expected = direct.choices[0].message.content
+    else:
+        stream = c.completions.create(model="m", prompt="hi", max_tokens=10, stream=True)
+        expected = (
+            client(upstream.base_url[:-3])
+            .completions.create(model="m", prompt="hi", max_tokens=10)
+            .choices[0]
+            .text
+        )
+    chunks = list(stream)
+    text = "".join(
+        (ch.choices[0].delta.content or "") if endpoint == "chat" else ch.choices[0].text
+        for ch in chunks
+        if ch.choices
+    )
+    assert text == expected
+    last = chunks[-1]
+    assert last.choices == []
+    extra = last.model_extra or {}
+    assert extra["thermostat"]["task"] == "default" and extra["thermostat"]["confidence"] > 0
+    assert all(getattr(ch.choices[0], "logprobs", None) is None for ch in chunks if ch.choices)
+
+
+def test_models_passes_through(sidecar: str) -> None:
+    models = client(sidecar).models.list()
+    assert [m.id for m in models.data] == ["fake-model"]
+
+
+def test_upstream_refusing_connections_gives_502(make_settings: Callable[..., Settings]) -> None:
+    from tests.support.servers import free_port
+
+    settings = make_settings(upstream_url=f"http://127.0.0.1:{free_port()}/v1")
+    with serve_app(create_app(settings, "api")) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": CHAT})
+        assert response.status_code == 502
+        assert response.json()["error"]["code"] == "upstream_unavailable"
+        assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_upstream_stalling_gives_504_and_proxy_stays_healthy(sidecar: str) -> None:
+    response = httpx.post(
+        f"{sidecar}/v1/chat/completions",
+        json={"model": "m", "messages": CHAT},
+        headers={"X-Fake-Mode": "stall=5"},
+        timeout=10,
+    )
+    assert response.status_code == 504
+    assert set(response.json()["error"]) >= {"message", "type", "code"}
+    ok = httpx.post(f"{sidecar}/v1/chat/completions", json={"model": "m", "messages": CHAT})
+    assert ok.status_code == 200
+
+
+def test_upstream_error_status_and_body_pass_through(sidecar: str) -> None:
+    response = httpx.post(
+        f"{sidecar}/v1/chat/completions",
+        json={"model": "m", "messages": CHAT},
+        headers={"X-Fake-Mode": "error=429"},
+    )
+    assert response.status_code == 429 and "error" in response.json()
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "needle"),
+    [
+        (b"{not json", {}, 400, "not valid JSON"),
+        (b"[1, 2]", {}, 400, "JSON object"),
+        (b'{"messages": []}', {"X-Thermostat-Task": "Bad Task!"}, 422, "not a valid task name"),
+        (b'{"messages": [], "logprobs": "yes"}', {}, 400, "logprobs must be a boolean"),
+    ],
+)
+def test_bad_requests_get_a_4xx_naming_the_problem(
+    sidecar: str, content: bytes, headers: dict[str, str], status: int, needle: str
+) -> None:
+    response = httpx.post(
+        f"{sidecar}/v1/chat/completions",
+        content=content,
+        headers={"content-type": "application/json", **headers},
+    )
+    assert response.status_code == status
+    assert needle in response.json()["error"]["message"]
+
+
+def test_oversized_request_is_413(
+    make_settings: Callable[..., Settings], upstream: FakeUpstream
+) -> None:
+    settings = make_settings(upstream_url=upstream.base_url, proxy={"max_body_bytes": 2048})
+    with serve_app(create_app(settings, "api")) as url:
+        big = {"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]}
+        assert httpx.post(f"{url}/v1/chat/completions", json=big).status_code == 413
+
+
+def test_policy_sampling_is_enforced_and_never_leaks(
+    make_settings: Callable[..., Settings], upstream: FakeUpstream, tmp_path: Any
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "tasks:\n  strict:\n    sampling: policy\n"
+        "    policy: {temperature: 0.55, top_p: 0.95, max_tokens: 7}\n"
+    )
+    settings = make_settings(upstream_url=upstream.base_url, config=config)
+    with serve_app(create_app(settings, "api")) as url:
+        c = client(url)
+        c.chat.completions.create(
+            model="m",
+            messages=CHAT,
+            temperature=1.3,
+            max_tokens=50,
+            extra_headers={"X-Thermostat-Task": "strict"},
+        )
+        c.chat.completions.create(model="m", messages=CHAT, temperature=0.9, max_tokens=11)
+    strict, free = upstream.requests[0].json, upstream.requests[1].json
+    assert (strict["temperature"], strict["top_p"], strict["max_tokens"]) == (0.55, 0.95, 7)
+    assert free["temperature"] == 0.9 and free["max_tokens"] == 11 and "top_p" not in free
+
+
+def test_authorization_passes_through_and_hop_headers_do_not(
+    sidecar: str, upstream: FakeUpstream
+) -> None:
+    client(sidecar).chat.completions.create(model="m", messages=CHAT)
+    headers = upstream.requests[0].headers
+    assert headers["authorization"] == "Bearer sk-test"
+    assert "x-thermostat-task" not in headers
