@@ -235,3 +235,48 @@ def test_authorization_passes_through_and_hop_headers_do_not(
     headers = upstream.requests[0].headers
     assert headers["authorization"] == "Bearer sk-test"
     assert "x-thermostat-task" not in headers
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stored_positions_equal_the_generated_tokens(
+    sidecar: str, upstream: FakeUpstream, stream: bool
+) -> None:
+    import time
+
+    body = {
+        "model": "m",
+        "messages": CHAT,
+        "max_tokens": 9,
+        "logprobs": True,
+        "top_logprobs": 5,
+        "stream": stream,
+    }
+    response = httpx.post(f"{sidecar}/v1/chat/completions", json=body, timeout=10)
+    generation_id = response.headers["x-thermostat-generation-id"]
+    if stream:
+        events = [
+            json.loads(line[6:])
+            for line in response.text.splitlines()
+            if line.startswith("data: {")
+        ]
+        tokens = [
+            t
+            for e in events
+            for c in e["choices"]
+            for t in ((c.get("logprobs") or {}).get("content") or [])
+        ]
+    else:
+        tokens = response.json()["choices"][0]["logprobs"]["content"]
+    deadline = time.monotonic() + 10
+    stored = httpx.get(f"{sidecar}/api/generations/{generation_id}")
+    while stored.status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        stored = httpx.get(f"{sidecar}/api/generations/{generation_id}")
+    assert stored.status_code == 200
+    record = stored.json()
+    positions = record["logprobs"]
+    assert record["token_count"] == len(tokens) == len(positions) == 9
+    for position, token in zip(positions, tokens, strict=True):
+        assert position["chosen_logprob"] == pytest.approx(token["logprob"], abs=1e-5)
+        best = max(alt["logprob"] for alt in token["top_logprobs"])
+        assert max(position["top_logprobs"]) == pytest.approx(best, abs=2e-3)  # float16

@@ -15,8 +15,9 @@ Behaviours on demand, from the ``X-Fake-Mode`` request header or the settable
 ``error=500`` (OpenAI error body with that status), ``stall=2.5`` (sleep
 seconds before answering), ``cut`` (close the connection half-way through a
 stream), ``delay_ms=5-20`` (uniform random delay), ``no_logprobs`` (ignore the
-logprobs request, like some servers), ``pretty`` (indented JSON with shuffled
-key order, to exercise parsers).
+logprobs request, like some servers), ``chunk_delay_ms=N`` (a pause between
+stream events), ``pretty`` (indented JSON with shuffled key order, to exercise
+parsers).
 
 ``render_json`` (shuffled keys, random whitespace) is shared with the capture
 and splice tests.
@@ -393,7 +394,10 @@ class FakeUpstream:
         )
         await resp.prepare(request)
         cut_at = len(events) // 2 if "cut" in mode else -1
+        chunk_delay = float(mode.get("chunk_delay_ms") or 0) / 1000
         for i, ev in enumerate(events):
+            if chunk_delay and i:
+                await asyncio.sleep(chunk_delay)
             if i == cut_at:
                 # Abort the TCP connection mid-stream: no terminating chunk, no [DONE].
                 if request.transport is not None:
