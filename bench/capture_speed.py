@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import responses
 
 from monitor.proxy import capture as cap
-from monitor.proxy.capture import StreamCapture, capture_response
+from monitor.proxy.capture import capture_response
 from monitor.proxy.splice import append_thermostat, strip_logprobs, trim_top_logprobs
+from monitor.proxy.stream_capture import StreamCapture
 
 
 def best_us(fn: Callable[[], object], number: int) -> float:

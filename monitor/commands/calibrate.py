@@ -30,7 +30,6 @@ stderr; the report goes to stdout.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
@@ -38,8 +37,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from monitor.config import TASK_NAME_PATTERN
 from monitor.errors import ConfigError, ThermostatError
@@ -199,88 +196,6 @@ def plan_fit(method: str, n_choice: int, n_target: int) -> FitPlan:
     return FitPlan("multiple_choice" if n_choice else "target", [])
 
 
-def validate_mixed(
-    data: Any,
-    aggregator: str,
-    holdout_fraction: float,
-    seed: int,
-    n_bins: int,
-) -> Any:
-    """One temperature for multiple-choice and target examples together, gated.
-
-    Examples are split once (seeded) over the concatenation [choice rows,
-    target rows]; the fit minimises (n_mc * multiclass NLL + n_seq * sequence
-    NLL) / n on the training part with the library's bracketed Newton; the
-    gate compares pooled held-out metrics at T = 1 and at the fit.
-    """
-    from monitor.calibration._sequence_objective import NumpyObjective, prepare
-    from monitor.calibration.aggregation import sequence_confidences
-    from monitor.calibration.fitting import (
-        T_MAX,
-        T_MIN,
-        _multiclass_objective,
-        minimise_theta,
-        prepare_logits,
-    )
-    from monitor.calibration.metrics import compute_metrics
-    from monitor.calibration.validation import ValidationResult, gate, holdout_split
-    from monitor.calibration.vector_scaling import scaled_probabilities
-
-    started = time.perf_counter()
-    z, y = prepare_logits(data.choice_logits, data.choice_labels)
-    seqs, seq_labels = data.sequences, np.asarray(data.sequence_labels, dtype=np.float64)
-    n_mc = z.shape[0]
-    train, hold = holdout_split(n_mc + seqs.n_generations, holdout_fraction, seed)
-    mc_train, mc_hold = train[train < n_mc], hold[hold < n_mc]
-    seq_train, seq_hold = train[train >= n_mc] - n_mc, hold[hold >= n_mc] - n_mc
-
-    parts: list[tuple[int, Any]] = []
-    if mc_train.size:
-        parts.append((int(mc_train.size), _multiclass_objective(z[mc_train], y[mc_train])))
-    if seq_train.size:
-        seq_data = prepare(seqs.subset(seq_train), seq_labels[seq_train], aggregator)
-        parts.append((int(seq_train.size), NumpyObjective(seq_data)))
-    total = sum(n for n, _ in parts)
-
-    def objective(theta: float) -> tuple[float, float, float]:
-        f = g = h = 0.0
-        for n, fgh in parts:
-            fi, gi, hi = fgh(theta)
-            f, g, h = f + n * fi, g + n * gi, h + n * hi
-        return f / total, g / total, h / total
-
-    theta, _, _, _ = minimise_theta(objective, 0.0)
-    temperature = float(min(max(math.exp(theta), T_MIN), T_MAX))
-
-    def evaluate(t: float) -> dict[str, Any]:
-        probs = scaled_probabilities(z[mc_hold], t)
-        conf = np.concatenate(
-            [probs.max(axis=1), sequence_confidences(seqs.subset(seq_hold), t, aggregator)]
-        )
-        right = np.concatenate(
-            [(probs.argmax(axis=1) == y[mc_hold]).astype(np.float64), seq_labels[seq_hold]]
-        )
-        keep = np.isfinite(conf)
-        m = compute_metrics(np.clip(conf[keep], 0.0, 1.0), right[keep], n_bins=n_bins).as_dict()
-        m["n_train"], m["n_holdout"] = int(train.size), int(hold.size)
-        return m
-
-    before, after = evaluate(1.0), evaluate(temperature)
-    accepted, reason = gate(before, after)
-    return ValidationResult(
-        accepted=accepted,
-        reason=reason,
-        method="temperature",
-        temperature=temperature,
-        current_temperature=1.0,
-        before=before,
-        after=after,
-        n_train=int(train.size),
-        n_holdout=int(hold.size),
-        seconds=time.perf_counter() - started,
-    )
-
-
 def fit(
     data: Any,
     plan: FitPlan,
@@ -290,7 +205,11 @@ def fit(
     seed: int,
     n_bins: int,
 ) -> Any:
-    from monitor.calibration.validation import validate_multiclass, validate_sequence_temperature
+    from monitor.calibration.validation import (
+        validate_mixed,
+        validate_multiclass,
+        validate_sequence_temperature,
+    )
 
     if plan.kind == "multiple_choice":
         return validate_multiclass(
@@ -310,7 +229,16 @@ def fit(
             seed=seed,
             n_bins=n_bins,
         )
-    return validate_mixed(data, aggregator, holdout_fraction, seed, n_bins)
+    return validate_mixed(
+        data.choice_logits,
+        data.choice_labels,
+        data.sequences,
+        data.sequence_labels,
+        aggregator=aggregator,
+        holdout_fraction=holdout_fraction,
+        seed=seed,
+        n_bins=n_bins,
+    )
 
 
 # ------------------------------------------------------------------ storing

@@ -21,7 +21,7 @@ import orjson
 
 from monitor.config import TaskConfig
 from monitor.db.types import uuid7
-from monitor.proxy.capture import Captured, CaptureError, ChunkInfo, StreamCapture, capture_response
+from monitor.proxy.capture import Captured, CaptureError, capture_response
 from monitor.proxy.confidence import answer_span, confidence
 from monitor.proxy.metrics import proxy_metrics
 from monitor.proxy.recording import build_record
@@ -35,6 +35,7 @@ from monitor.proxy.rewrite import (
 )
 from monitor.proxy.splice import append_thermostat, strip_logprobs, trim_top_logprobs
 from monitor.proxy.sse import SSEParser, encode_event
+from monitor.proxy.stream_capture import ChunkInfo, StreamCapture
 from monitor.proxy.upstream import forward_headers, response_headers
 from monitor.serving.calibration_table import CalibrationEntry
 

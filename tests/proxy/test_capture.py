@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from monitor.proxy import capture as cap
-from monitor.proxy.capture import CaptureError, StreamCapture, capture_response
+from monitor.proxy.capture import CaptureError, capture_response
+from monitor.proxy.stream_capture import StreamCapture
 from tests.support.fake_upstream import random_response, render_json
 
 SENT = -9999.0

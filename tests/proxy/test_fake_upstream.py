@@ -9,8 +9,9 @@ import httpx
 import openai
 import pytest
 
-from monitor.proxy.capture import StreamCapture, capture_response
+from monitor.proxy.capture import capture_response
 from monitor.proxy.sse import SSEParser
+from monitor.proxy.stream_capture import StreamCapture
 from tests.support.fake_upstream import FakeUpstream
 
 MSG = [{"role": "user", "content": "2+2?"}]

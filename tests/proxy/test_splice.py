@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from monitor.proxy.capture import StreamCapture, capture_response
+from monitor.proxy.capture import capture_response
 from monitor.proxy.splice import (
     append_thermostat,
     strip_logprobs,
@@ -20,6 +20,7 @@ from monitor.proxy.splice import (
     trim_top_logprobs,
 )
 from monitor.proxy.sse import SSEParser, encode_event
+from monitor.proxy.stream_capture import StreamCapture
 from tests.support.fake_upstream import random_response, render_json
 
 THERMO = {"generation_id": "g-1", "task": "t", "confidence": 0.5, "calibration_version": None}
