@@ -120,6 +120,7 @@ class ProxyHandler:
         self.read_timeout = self.settings.proxy.read_timeout_s
         self._configs: dict[str, TaskConfig] = {}
         self.metrics = proxy_metrics(runtime)
+        self.server_applies_calibration = self.settings.model_admin_url is not None
 
     def task_config(self, task: str) -> TaskConfig:
         config = self._configs.get(task)
@@ -160,8 +161,10 @@ class ProxyHandler:
             task = resolve_task(header_task, body)
             config = self.task_config(task)
             entry = self.runtime.calibration_table.get(task)
-            temperature = entry.temperature if entry else 1.0
-            rewritten = rewrite(body, endpoint, task, config, temperature)
+            # A model server told about activations (THERMOSTAT_MODEL_ADMIN_URL)
+            # applies T to its own sampling; scaling here as well would apply it twice.
+            scale = entry.temperature if entry and not self.server_applies_calibration else 1.0
+            rewritten = rewrite(body, endpoint, task, config, scale)
         except orjson.JSONDecodeError:
             return await send_error(send, 400, "request body is not valid JSON", "invalid_json")
         except BadRequest as exc:
@@ -171,7 +174,9 @@ class ProxyHandler:
         upstream_started = time.perf_counter()
         try:
             response = await self.session.post(
-                url, data=orjson.dumps(rewritten.body), headers=forward_headers(scope["headers"])
+                url,
+                data=orjson.dumps(rewritten.body),
+                headers=forward_headers(scope["headers"], task),
             )
         except Exception as exc:
             return await self._upstream_failure(send, exc, task, endpoint)

@@ -29,7 +29,7 @@ DROP_REQUEST_HEADERS = frozenset(
         b"upgrade",
         b"content-length",
         b"accept-encoding",
-        b"x-thermostat-task",
+        b"x-thermostat-task",  # re-set to the resolved task below
     }
 )
 DROP_RESPONSE_HEADERS = frozenset(
@@ -66,14 +66,23 @@ def build_session(settings: ProxySettings) -> aiohttp.ClientSession:
     )
 
 
-def forward_headers(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Client headers to pass upstream (Authorization and the like), hop-by-hop removed."""
+def forward_headers(
+    raw_headers: list[tuple[bytes, bytes]], task: str | None = None
+) -> dict[str, str]:
+    """Client headers to pass upstream (Authorization and the like), hop-by-hop removed.
+
+    The resolved task goes along as `X-Thermostat-Task` (also when the client
+    named it in `metadata.task`): a model server that applies per-task
+    calibration to sampling, like the reference server, needs it; others ignore it.
+    """
     out: dict[str, str] = {}
     for name, value in raw_headers:
         lowered = name.lower()
         if lowered not in DROP_REQUEST_HEADERS:
             out[lowered.decode("latin-1")] = value.decode("latin-1")
     out["content-type"] = "application/json"
+    if task is not None:
+        out["x-thermostat-task"] = task
     return out
 
 

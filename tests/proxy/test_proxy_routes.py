@@ -228,13 +228,20 @@ def test_policy_sampling_is_enforced_and_never_leaks(
     assert free["temperature"] == 0.9 and free["max_tokens"] == 11 and "top_p" not in free
 
 
-def test_authorization_passes_through_and_hop_headers_do_not(
+def test_authorization_passes_through_and_the_resolved_task_goes_upstream(
     sidecar: str, upstream: FakeUpstream
 ) -> None:
-    client(sidecar).chat.completions.create(model="m", messages=CHAT)
+    client(sidecar).chat.completions.create(
+        model="m",
+        messages=CHAT,
+        extra_body={"metadata": {"task": "from-body"}},
+        extra_headers={"Connection": "keep-alive"},
+    )
     headers = upstream.requests[0].headers
     assert headers["authorization"] == "Bearer sk-test"
-    assert "x-thermostat-task" not in headers
+    # The task named in metadata.task reaches the upstream as a header, once.
+    assert headers["x-thermostat-task"] == "from-body"
+    assert "metadata" not in upstream.requests[0].json
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -280,3 +287,56 @@ def test_stored_positions_equal_the_generated_tokens(
         assert position["chosen_logprob"] == pytest.approx(token["logprob"], abs=1e-5)
         best = max(alt["logprob"] for alt in token["top_logprobs"])
         assert max(position["top_logprobs"]) == pytest.approx(best, abs=2e-3)  # float16
+
+
+@pytest.mark.parametrize("model_admin_url", [None, "http://127.0.0.1:9"])
+def test_calibration_applied_to_sampling_exactly_once(
+    make_settings: Callable[..., Settings],
+    upstream: FakeUpstream,
+    sessions: Any,
+    tmp_path: Any,
+    model_admin_url: str | None,
+) -> None:
+    from sqlalchemy import insert
+
+    from monitor.db.models import Calibration, Task
+    from monitor.db.session import session_scope
+    from monitor.db.types import utcnow
+
+    now = utcnow()
+    with session_scope(sessions) as session:
+        session.execute(
+            insert(Task).values(
+                name="hot", config={}, configured=True, created_at=now, updated_at=now
+            )
+        )
+        session.execute(
+            insert(Calibration).values(
+                task="hot",
+                version=1,
+                method="temperature",
+                temperature=2.0,
+                status="active",
+                source="manual",
+                n_train=0,
+                n_holdout=0,
+                created_at=now,
+                activated_at=now,
+            )
+        )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "tasks:\n  hot:\n    sampling: policy\n    policy: {temperature: 0.5}\n"
+        "    apply_calibration_to_sampling: true\n"
+    )
+    settings = make_settings(
+        upstream_url=upstream.base_url, config=config, model_admin_url=model_admin_url
+    )
+    with serve_app(create_app(settings, "api")) as url:
+        response = client(url).chat.completions.with_raw_response.create(
+            model="m", messages=CHAT, extra_headers={"X-Thermostat-Task": "hot"}
+        )
+    sent = upstream.requests[0].json["temperature"]
+    # The proxy scales (0.5 * T) unless the model server is told and scales itself.
+    assert sent == (0.5 if model_admin_url else 1.0)
+    assert json.loads(response.content)["thermostat"]["temperature"] == 2.0
