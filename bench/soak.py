@@ -101,6 +101,7 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     counts = {"sent": 0, "ok": 0, "errors": 0, "feedback": 0}
+    error_kinds: dict[str, int] = {}  # what went wrong, so a failure is diagnosable
     lock = threading.Lock()
     with FakeUpstream() as upstream:
         upstream.mode = {"delay_ms": "5-30"}
@@ -150,11 +151,14 @@ def main() -> None:
                             headers={"Authorization": f"Bearer {FEEDBACK_TOKEN}"},
                         )
                         fed = fb.status_code == 201
-                except httpx.HTTPError:
-                    good, fed = False, False
+                    problem = None if good else f"HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    good, fed, problem = False, False, type(exc).__name__
                 with lock:
                     counts["ok" if good else "errors"] += 1
                     counts["feedback"] += fed
+                    if problem:
+                        error_kinds[problem] = error_kinds.get(problem, 0) + 1
 
             samples: list[Sample] = []
             started = time.monotonic()
@@ -235,6 +239,8 @@ def main() -> None:
         f"| queue depth | {first.queue_depth:.0f} | {last.queue_depth:.0f} "
         f"| {max(s.queue_depth for s in samples):.0f} | {queue_slope:+.2f} /min |"
     )
+    if error_kinds:
+        print("errors by kind: " + ", ".join(f"{k} x{n}" for k, n in sorted(error_kinds.items())))
     print(f"\nserve exit status: {process.returncode}; log: {home / 'serve.log'}")
 
 

@@ -19,3 +19,5 @@ def setup_logging(level: str = "INFO") -> None:
     # httpx logs every request line at INFO; that is noise next to a proxy.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # APScheduler logs every run of every job (each 2 s) at INFO: noise, not news.
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
