@@ -93,6 +93,11 @@ class DemoRun:
             thermostat["calibration_version"],
         )
 
+    def probe(self, task: DemoTask) -> int | None:
+        """The calibration version the sidecar serves `task` with right now (ungraded)."""
+        sample = self._one(task, pick(prompts_for(task), self.rng), 0, random.Random(0))
+        return sample.calibration_version if sample else None
+
     def traffic(self, plan: list[tuple[DemoTask, int]], title: str) -> dict[str, list[Sample]]:
         """Send requests, grade them, post the feedback; returns samples per task."""
         jobs = [

@@ -225,12 +225,16 @@ def _scenario(console: Console, run: DemoRun) -> None:
     )
 
     console.rule("7. Fresh traffic, served with the new temperature")
+    run.wait_for(
+        f"the sidecar to serve version {active['version']} (hot-swap)",
+        lambda: run.probe(AUTOCOMPLETE) == active["version"],
+    )
     fresh = run.traffic([(AUTOCOMPLETE, FRESH_REQUESTS)], "requests")[AUTOCOMPLETE.name]
     served = [s for s in fresh if s.calibration_version == active["version"]]
     summary.served_ece_after = expected_calibration_error(
         [s.confidence for s in served], [s.label for s in served]
     )
-    covered = len(sent[AUTOCOMPLETE.name]) + len(fresh)
+    covered = len(sent[AUTOCOMPLETE.name]) + len(served)
     after = run.wait_for(
         "the scheduler evaluating autocomplete with the fresh feedback",
         lambda: _evaluated_after(run, active["version"], covered),
