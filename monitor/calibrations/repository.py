@@ -96,10 +96,9 @@ def activation_signature(session: Session) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def calibrations_needing_rescore(session: Session) -> list[Calibration]:
-    stmt = select(Calibration).where(
-        Calibration.status == CalibrationStatus.active.value, Calibration.rescored_at.is_(None)
-    )
+def active_calibrations(session: Session) -> list[Calibration]:
+    """At most one per task (a partial unique index): a short list."""
+    stmt = select(Calibration).where(Calibration.status == CalibrationStatus.active.value)
     return list(session.scalars(stmt))
 
 

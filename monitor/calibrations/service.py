@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,8 @@ from monitor.db.types import utcnow
 from monitor.errors import ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
+
+RESCORE_SETTLE = timedelta(seconds=30)
 
 RESCORE_BATCH = 5_000
 
@@ -181,7 +183,7 @@ def rescore(
                 session, task, version, since, after, batch_size
             )
             if not rows:
-                repository.mark_rescored(session, calibration_id, utcnow())
+                repository.mark_rescored(session, calibration_id, now or utcnow())
                 break
             updates = _rescore_page(rows, temperature, version, config.confidence.value)
             repository.write_rescored(session, updates)
@@ -191,6 +193,19 @@ def rescore(
     return written
 
 
-def pending_rescores(session: Session) -> list[tuple[int, str]]:
-    """Active versions whose history is not yet re-scored (e.g. after an API rollback)."""
-    return [(c.id, c.task) for c in repository.calibrations_needing_rescore(session)]
+def pending_rescores(session: Session, now: datetime | None = None) -> list[tuple[int, str]]:
+    """Active versions whose history needs (re-)scoring.
+
+    First, versions never re-scored (just activated, or after an API rollback).
+    Then one more pass once RESCORE_SETTLE has passed since the activation:
+    answers served under the previous version while the swap propagated (in
+    flight, or before a process's table swapped) are written after the first
+    pass; `rescore` only touches rows not yet scored, so the pass is cheap.
+    """
+    now = now or utcnow()
+    due = []
+    for calibration in repository.active_calibrations(session):
+        settled = (calibration.activated_at or now) + RESCORE_SETTLE
+        if calibration.rescored_at is None or (calibration.rescored_at < settled <= now):
+            due.append((calibration.id, calibration.task))
+    return due

@@ -160,3 +160,30 @@ def test_activation_rescores_history_served_under_other_versions(
     # A second run has nothing left to do.
     assert service.rescore(sessions, target, settings.task_config(TASK)) == 0
     assert np.isfinite([rows[g].rescored_confidence or np.nan for g in unversioned]).all()
+
+
+def test_answers_served_while_the_swap_propagated_are_rescored_once_it_settles(
+    sessions: sessionmaker[Session], make_settings: Callable[..., Settings]
+) -> None:
+    from datetime import timedelta
+
+    config = make_settings().task_config(TASK)
+    target = add_calibration(sessions, version=1, temperature=2.0, status="retired")
+    with session_scope(sessions) as session:
+        service.activate(session, target)
+    service.rescore(sessions, target, config)
+    with session_scope(sessions) as session:
+        activated = service.require_calibration(session, target).activated_at
+    assert activated is not None
+    assert pending(sessions) == []  # the first pass is done
+    # An answer served under no version (in flight during the swap) lands afterwards.
+    straggler = seed_generations(sessions, 1, seed=9)
+    with session_scope(sessions) as session:
+        early = service.pending_rescores(session, now=activated + timedelta(seconds=5))
+        settled = activated + service.RESCORE_SETTLE + timedelta(seconds=1)
+        due = service.pending_rescores(session, now=settled)
+    assert early == [] and due == [(target, TASK)]
+    assert service.rescore(sessions, target, config, now=settled) == 1
+    assert confidences(sessions, straggler)[straggler[0]].rescored_version == 1
+    with session_scope(sessions) as session:  # the settle pass happens once
+        assert service.pending_rescores(session, now=settled + timedelta(hours=1)) == []
