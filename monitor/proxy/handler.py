@@ -139,7 +139,7 @@ class ProxyHandler:
                 body = await resp.read()
                 await send_bytes(send, resp.status, body, response_headers(resp))
         except Exception as exc:
-            await self._upstream_failure(send, exc)
+            await self.upstream_failure(send, exc)
 
     async def completion(
         self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint
@@ -179,7 +179,7 @@ class ProxyHandler:
                 headers=forward_headers(scope["headers"], task),
             )
         except Exception as exc:
-            return await self._upstream_failure(send, exc, task, endpoint)
+            return await self.upstream_failure(send, exc, task, endpoint)
         context = _Exchange(
             self,
             scope,
@@ -207,7 +207,7 @@ class ProxyHandler:
     async def _no_upstream(self, send: Send) -> None:
         await send_error(send, 503, "THERMOSTAT_UPSTREAM_URL is not set", "upstream_not_configured")
 
-    async def _upstream_failure(
+    async def upstream_failure(
         self, send: Send, exc: BaseException, task: str | None = None, endpoint: str | None = None
     ) -> None:
         if isinstance(exc, asyncio.TimeoutError):
@@ -294,7 +294,7 @@ class _Exchange:
         try:
             data = await response.read()
         except Exception as exc:
-            return await proxy._upstream_failure(self.send, exc, self.rewritten.task, self.endpoint)
+            return await proxy.upstream_failure(self.send, exc, self.rewritten.task, self.endpoint)
         self.upstream_seconds = time.perf_counter() - self.upstream_started
         headers = response_headers(response)
         if response.status != 200:
@@ -345,14 +345,11 @@ class _Exchange:
         capture = StreamCapture(self.endpoint, k=self.rewritten.upstream_top)
         disconnected = asyncio.Event()
         watcher = asyncio.ensure_future(self._watch_disconnect(disconnected))
-        first_byte_ms: float | None = None
         try:
             async for chunk in self.response.content.iter_any():
                 out = [self._relay_event(event, capture) for event in parser.feed(chunk)]
                 payload = b"".join(out)
                 if payload:
-                    if first_byte_ms is None:
-                        first_byte_ms = (time.perf_counter() - self.started) * 1000
                     await self.send(
                         {"type": "http.response.body", "body": payload, "more_body": True}
                     )
