@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from monitor.db.models import Generation
 from monitor.db.types import uuid7
 from monitor.tasks.repository import ensure_tasks
+from tests.support.servers import serve_handler
 
 
 @dataclass
@@ -49,15 +50,9 @@ def webhook_receiver(statuses: list[int] | None = None) -> Iterator[Receiver]:
         def log_message(self, *_args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    try:
+    with serve_handler(Handler) as url:
+        receiver.url = url
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def add_generations(

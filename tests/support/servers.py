@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import uvicorn
@@ -38,3 +39,15 @@ def serve_app(app: Any, *, port: int | None = None, timeout: float = 30) -> Iter
     finally:
         server.should_exit = True
         thread.join(timeout=timeout)
+
+
+@contextmanager
+def serve_handler(handler: type[BaseHTTPRequestHandler], path: str = "/hook") -> Iterator[str]:
+    """A plain threaded HTTP server on a free loopback port (webhook receivers); yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{path}"
+    finally:
+        server.shutdown()
+        server.server_close()
