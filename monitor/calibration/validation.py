@@ -237,17 +237,11 @@ def validate_mixed(
     temperature = float(min(max(math.exp(theta), T_MIN), T_MAX))
 
     def evaluate(t: float) -> dict[str, Any]:
-        probs = scaled_probabilities(z[mc_hold], t)
-        conf = np.concatenate(
-            [probs.max(axis=1), sequence_confidences(seqs.subset(seq_hold), t, aggregator)]
-        )
-        right = np.concatenate(
-            [(probs.argmax(axis=1) == y[mc_hold]).astype(np.float64), seq_labels[seq_hold]]
-        )
+        mc_conf, mc_right = _top_label(scaled_probabilities(z[mc_hold], t), y[mc_hold])
+        conf = np.concatenate([mc_conf, sequence_confidences(seqs.subset(seq_hold), t, aggregator)])
+        right = np.concatenate([mc_right, seq_labels[seq_hold]])
         keep = np.isfinite(conf)
-        m = compute_metrics(np.clip(conf[keep], 0.0, 1.0), right[keep], n_bins=n_bins).as_dict()
-        m["n_train"], m["n_holdout"] = int(train.size), int(hold.size)
-        return m
+        return _with_counts(_metrics(conf[keep], right[keep], n_bins), train, hold)
 
     before, after = evaluate(1.0), evaluate(temperature)
     accepted, reason = gate(before, after)
