@@ -239,15 +239,15 @@ def time_series_chart(
             )
     _legend(frame, [(s.label, s.colour) for s in series], title)
     if not values:
-        frame.add(
-            _text(
-                frame.left + frame.inner_w / 2,
-                frame.top + frame.inner_h / 2,
-                "no evaluations in this period yet",
-                cls="empty",
-            )
-        )
+        _empty_note(frame, "no evaluations in this period yet")
     return frame.render(title, "timeseries")
+
+
+def _empty_note(frame: _Frame, message: str) -> None:
+    """A centred caption saying why a chart has nothing to draw."""
+    frame.add(
+        _text(frame.left + frame.inner_w / 2, frame.top + frame.inner_h / 2, message, cls="empty")
+    )
 
 
 def _legend(frame: _Frame, entries: Sequence[tuple[str, str]], title: str) -> None:
@@ -304,14 +304,7 @@ def reliability_diagram(bins: Sequence[Bin], title: str, *, colour: str = BAR_CO
     frame.add(_text(frame.left, 16, title, anchor="start", cls="chart-title"))
     frame.add(_text(frame.width - frame.right, 16, f"n = {total:,}", anchor="end", cls="legend"))
     if total == 0:
-        frame.add(
-            _text(
-                frame.left + frame.inner_w / 2,
-                frame.top + frame.inner_h / 2,
-                "no labelled generations in the window",
-                cls="empty",
-            )
-        )
+        _empty_note(frame, "no labelled generations in the window")
     return frame.render(title, "reliability")
 
 
@@ -367,12 +360,5 @@ def histogram(
     legend = [("served", BAR_COLOUR)] + ([("raw model", "#374151")] if raw_total else [])
     _legend(frame, legend, title)
     if total == 0:
-        frame.add(
-            _text(
-                frame.left + frame.inner_w / 2,
-                frame.top + frame.inner_h / 2,
-                "no traffic in the window",
-                cls="empty",
-            )
-        )
+        _empty_note(frame, "no traffic in the window")
     return frame.render(title, "histogram")

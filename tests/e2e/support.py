@@ -131,6 +131,13 @@ def grade(answer: Answer, temperature: float, seed: int) -> bool:
     return rng.random() < true_probability(answer, temperature)
 
 
+def get_json(admin: httpx.Client, path: str, **params: Any) -> Any:
+    """GET an admin route that must answer 200; its JSON body."""
+    response = admin.get(path, params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def post_feedback(base_url: str, items: list[dict[str, Any]]) -> None:
     """Feedback in batches of up to 1,000 (each batch is one transaction); all must be 201."""
     with httpx.Client(base_url=base_url, timeout=60) as http:

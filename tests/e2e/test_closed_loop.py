@@ -36,6 +36,7 @@ from tests.e2e.support import (
     ask,
     ask_many,
     dump,
+    get_json,
     grade,
     post_feedback,
     wait_for,
@@ -97,9 +98,7 @@ def test_breach_fit_hot_swap_and_recovery(
             admin = httpx.Client(base_url=base, timeout=30)
 
             def get(path: str, **params: Any) -> Any:
-                response = admin.get(path, params=params)
-                assert response.status_code == 200, response.text
-                return response.json()
+                return get_json(admin, path, **params)
 
             # 1. Overconfident traffic, uncalibrated, graded at the true temperature.
             answers = ask_many(client, TASK, range(N_FIT))

@@ -32,7 +32,15 @@ from monitor.db.session import session_scope
 from monitor.db.types import utcnow
 from monitor.settings import Settings
 from monitor.tasks.repository import ensure_tasks
-from tests.e2e.support import Answer, SharpUpstream, ask_many, dump, post_feedback, wait_for
+from tests.e2e.support import (
+    Answer,
+    SharpUpstream,
+    ask_many,
+    dump,
+    get_json,
+    post_feedback,
+    wait_for,
+)
 from tests.support.servers import serve_app
 
 pytestmark = pytest.mark.timeout(180)
@@ -92,9 +100,7 @@ def test_a_fit_that_does_not_improve_is_rejected_and_serving_is_unchanged(
             admin = httpx.Client(base_url=base, timeout=30)
 
             def get(path: str, **params: Any) -> Any:
-                response = admin.get(path, params=params)
-                assert response.status_code == 200, response.text
-                return response.json()
+                return get_json(admin, path, **params)
 
             answers = ask_many(client, TASK, range(N))
             assert {a.calibration_version for a in answers} == {1}
