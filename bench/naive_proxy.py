@@ -1,4 +1,4 @@
-"""The naive baseline for proxy benchmarks: FastAPI + httpx, parse and re-serialise.
+"""The naive baseline for proxy benchmarks: FastAPI + httpx (or aiohttp), parse and re-serialise.
 
 What a first Python LLM proxy usually looks like, run in the same benchmark as
 the sidecar so the comparison is made on the same machine under the same load:
@@ -6,8 +6,13 @@ the request is parsed (``await request.json()``), forwarded with httpx, the
 ~100 KB response body is parsed into Python objects, one key is added, and the
 whole body is serialised again with ``JSONResponse``. Streams are passed
 through with ``StreamingResponse`` over ``aiter_raw`` (no parsing).
+``--client aiohttp`` is the stronger naive proxy: aiohttp as the client and
+orjson both ways (``ORJSONResponse``). Issue 4 quotes both kinds (about 350
+and 650 req/s on its reference machine), so running both here tells how this
+machine compares with that one.
 
     python bench/naive_proxy.py --upstream http://127.0.0.1:UP/v1 [--port 0]
+        [--client httpx|aiohttp]
 
 Prints ``PORT <n>`` on stdout once listening; uvicorn picks uvloop/httptools.
 """
@@ -20,10 +25,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import httpx
+import orjson
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, ORJSONResponse, Response, StreamingResponse
 
 
 def build_app(upstream: str) -> FastAPI:
@@ -72,19 +79,56 @@ def build_app(upstream: str) -> FastAPI:
     return app
 
 
+def build_aiohttp_app(upstream: str) -> FastAPI:
+    """The same passthrough with aiohttp and orjson (non-streaming only)."""
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(total=120.0, connect=5.0)
+        connector = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            state["session"] = session
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def forward(request: Request, path: str) -> Response:
+        body: dict[str, Any] = orjson.loads(await request.body())
+        headers = {"Content-Type": "application/json"}
+        async with state["session"].post(
+            upstream + path, data=orjson.dumps(body), headers=headers
+        ) as resp:
+            data = orjson.loads(await resp.read())
+            status = resp.status
+        if isinstance(data, dict):
+            data["thermostat"] = {"confidence": None}
+        return ORJSONResponse(data, status_code=status)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await forward(request, "/chat/completions")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await forward(request, "/completions")
+
+    return app
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:9000/v1")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
+    p.add_argument("--client", choices=("httpx", "aiohttp"), default="httpx")
     a = p.parse_args()
+    builder = build_aiohttp_app if a.client == "aiohttp" else build_app
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((a.host, a.port))
     print(f"PORT {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(
-        build_app(a.upstream.rstrip("/")), access_log=False, log_level="warning"
-    )
+    config = uvicorn.Config(builder(a.upstream.rstrip("/")), access_log=False, log_level="warning")
     server = uvicorn.Server(config)
     server.run(sockets=[sock])  # run(): uvicorn sets up uvloop/httptools as it picks
 

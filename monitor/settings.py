@@ -43,6 +43,9 @@ class RecorderSettings(_Section):
     flush_interval_s: float = Field(default=0.25, gt=0)
     spool_max_bytes: int = Field(default=1024**3, ge=1024)
     replay_interval_s: float = Field(default=2.0, gt=0)
+    # Pack and insert batches in a child process, off the request path's GIL
+    # (monitor/proxy/writer_process.py); false: in the writer thread.
+    writer_process: bool = True
 
 
 class SchedulerSettings(_Section):

@@ -40,8 +40,9 @@ from monitor.feedback import repository
 from monitor.feedback.schemas import FeedbackIn, FeedbackOut
 from monitor.generations import repository as generations
 from monitor.proxy.metrics import ProxyMetrics
-from monitor.proxy.recorder import Recorder, is_unavailable
+from monitor.proxy.recorder import Recorder
 from monitor.proxy.records import FeedbackRecord
+from monitor.proxy.row_writer import is_unavailable
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,11 @@
 The request path only calls `submit()`, a non-blocking put; what does not fit
 is dropped, counted and logged (rate-limited), never silently. One writer
 thread drains the queue in batches (`batch_size` or `flush_interval_s`,
-whichever comes first), packs the arrays, and inserts with ON CONFLICT DO
-NOTHING. A thread, not an asyncio task: the database calls are synchronous
-SQLAlchemy and must never stall the event loop that serves requests.
+whichever comes first); each batch is packed and inserted with ON CONFLICT DO
+NOTHING, by default in a writer process (`writer_process.py`: off the GIL the
+request path needs), else in the thread itself. A thread, not an asyncio task:
+the database calls are synchronous SQLAlchemy and must never stall the event
+loop that serves requests.
 
 When the database is unavailable a batch goes to the spool (`spool.py`,
 fsynced) and is replayed, oldest first, every `replay_interval_s` once the
@@ -26,28 +28,18 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from monitor.db.dialect import insert_ignoring_conflicts
-from monitor.db.models import Feedback
-from monitor.db.session import session_scope
-from monitor.generations import repository as generations
 from monitor.proxy.metrics import ProxyMetrics, proxy_metrics
-from monitor.proxy.records import (
-    FeedbackRecord,
-    GenerationRecord,
-    generation_from_spool,
-    generation_row,
-)
+from monitor.proxy.records import FeedbackRecord, GenerationRecord, generation_row
+from monitor.proxy.row_writer import RowWriter, first_line, is_unavailable
 from monitor.proxy.spool import FEEDBACK, GENERATION, Entry, Spool, SpooledFeedback
+from monitor.proxy.writer_process import BatchOutcome, WriterProcess, database_url
 from monitor.runtime import Runtime
 from monitor.settings import RecorderSettings
-from monitor.tasks.repository import ensure_tasks
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +47,6 @@ EXTRAS_KEY = "recorder"
 DROP_LOG_INTERVAL_S = 10.0
 STOP_TIMEOUT_S = 60.0
 _STOP_POLL_S = 0.05
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """True when the database could not be reached, as opposed to refusing a row."""
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 class Recorder:
@@ -79,6 +64,7 @@ class Recorder:
         self.settings = settings
         self.sessions = sessions
         self.metrics = metrics
+        self._process: WriterProcess | None = None
         self.spool = Spool(spool_dir, settings.spool_max_bytes)
         self._queue: queue.Queue[GenerationRecord] = queue.Queue(maxsize=settings.queue_size)
         self._recent: OrderedDict[uuid.UUID, None] = OrderedDict()
@@ -91,6 +77,11 @@ class Recorder:
         self._last_drop_log = 0.0
         metrics.queue_depth.set_function(self._queue.qsize)
         metrics.spool_bytes.set_function(lambda: self.spool.bytes)
+
+    @property
+    def rows(self) -> RowWriter:
+        """Inserts through the current `sessions` (tests swap them to simulate outages)."""
+        return RowWriter(self.sessions, lambda: self._drop("rejected"))
 
     # --- request path ----------------------------------------------------------
 
@@ -166,6 +157,10 @@ class Recorder:
 
     async def start(self) -> None:
         self._stopping.clear()
+        url = database_url(self.sessions) if self.settings.writer_process else None
+        if url is not None:
+            level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+            self._process = WriterProcess(url, level)
         self._thread = threading.Thread(target=self._run, name="thermostat-recorder", daemon=True)
         self._thread.start()
 
@@ -178,6 +173,9 @@ class Recorder:
             if thread.is_alive():
                 log.error("recorder writer did not finish within %ss", STOP_TIMEOUT_S)
         self._thread = None
+        if self._process is not None:
+            await asyncio.to_thread(self._process.stop)
+            self._process = None
         # Anything that slipped in after the writer's last look goes to the spool.
         leftovers = self._take(self._queue.qsize())
         self._spool_records(leftovers)
@@ -256,6 +254,13 @@ class Recorder:
         return taken
 
     def _flush(self, batch: Sequence[GenerationRecord]) -> None:
+        if self.spool.has_data() and time.monotonic() >= self._next_replay:
+            self.replay()
+        if self._process is not None and not self.spool.has_data():
+            outcome = self._process.write(batch)
+            if outcome is not None:
+                self._account(outcome)
+                return
         entries: list[Entry] = []
         for record in batch:
             try:
@@ -265,23 +270,33 @@ class Recorder:
                 self._drop("invalid")
         if not entries:
             return
-        if self.spool.has_data() and time.monotonic() >= self._next_replay:
-            self.replay()
         if self.spool.has_data():
             self._spool_entries(entries)  # stay behind what is already spooled
             return
         try:
-            self._commit(entries)
+            self.rows.commit(entries)
         except SQLAlchemyError as exc:
             if not is_unavailable(exc):
                 raise
-            log.warning(
-                "database unavailable (%s); spooling %d rows", _first_line(exc), len(entries)
-            )
-            self._next_replay = time.monotonic() + self.settings.replay_interval_s
-            self._spool_entries(entries)
+            self._spool_unavailable(first_line(exc), entries)
             return
         self.metrics.written_total.labels(kind=GENERATION).inc(len(entries))
+
+    def _account(self, outcome: BatchOutcome) -> None:
+        """Metrics and spooling for a batch the writer process has answered for."""
+        if outcome.invalid:
+            self._drop("invalid", outcome.invalid)
+        if outcome.rejected:
+            self._drop("rejected", outcome.rejected)
+        if outcome.unavailable is not None:
+            self._spool_unavailable(outcome.unavailable, outcome.unwritten)
+        elif outcome.written:
+            self.metrics.written_total.labels(kind=GENERATION).inc(outcome.written)
+
+    def _spool_unavailable(self, reason: str, entries: Sequence[Entry]) -> None:
+        log.warning("database unavailable (%s); spooling %d rows", reason, len(entries))
+        self._next_replay = time.monotonic() + self.settings.replay_interval_s
+        self._spool_entries(entries)
 
     def _spool_entries(self, entries: Sequence[Entry]) -> int:
         kept = self.spool.append(entries)
@@ -300,11 +315,11 @@ class Recorder:
         for path in self.spool.sealed_segments():
             entries = self.spool.read(path)
             try:
-                self._commit(entries)
+                self.rows.commit(entries)
             except SQLAlchemyError as exc:
                 if not is_unavailable(exc):
                     raise
-                log.warning("spool replay paused: %s", _first_line(exc))
+                log.warning("spool replay paused: %s", first_line(exc))
                 return replayed
             self.spool.discard(path, entries)
             for kind in (GENERATION, FEEDBACK):
@@ -323,71 +338,6 @@ class Recorder:
             return True
         except SQLAlchemyError:
             return False
-
-    # --- database --------------------------------------------------------------
-
-    def _commit(self, entries: Sequence[Entry]) -> None:
-        """Insert entries in order in one transaction; fall back to one by one on bad rows."""
-        try:
-            self._insert(entries)
-        except SQLAlchemyError as exc:
-            if is_unavailable(exc) or len(entries) == 1:
-                raise
-            log.warning("batch refused (%s); retrying row by row", _first_line(exc))
-            for entry in entries:
-                try:
-                    self._insert([entry])
-                except SQLAlchemyError as row_exc:
-                    if is_unavailable(row_exc):
-                        raise
-                    log.error(
-                        "row %s refused, dropped: %s", entry[1].get("id"), _first_line(row_exc)
-                    )
-                    self._drop("rejected")
-        # Feedback may have committed between our read and our commit: look again.
-        generation_ids = [_uuid(row["id"]) for kind, row in entries if kind == GENERATION]
-        if generation_ids:
-            try:
-                with session_scope(self.sessions) as session:
-                    early = generations.ids_with_feedback(session, generation_ids)
-                    generations.relabel(session, early)
-            except SQLAlchemyError as exc:
-                log.warning("relabelling after insert failed: %s", _first_line(exc))
-
-    def _insert(self, entries: Sequence[Entry]) -> None:
-        with session_scope(self.sessions) as session:
-            relabel: set[uuid.UUID] = set()
-            for kind, rows in _runs(entries):
-                if kind == GENERATION:
-                    values = [generation_from_spool(row) for row in rows]
-                    ensure_tasks(session, {row["task"] for row in values})
-                    generations.insert_generations(session, values)
-                    relabel |= generations.ids_with_feedback(session, [v["id"] for v in values])
-                elif kind == FEEDBACK:
-                    feedback = [FeedbackRecord.from_row(row).to_row() for row in rows]
-                    insert_ignoring_conflicts(session, Feedback, feedback)
-                    relabel |= {row["generation_id"] for row in feedback}
-            generations.relabel(session, relabel)
-
-
-def _runs(entries: Sequence[Entry]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Consecutive entries of one kind, so each run is one multi-row insert, order kept."""
-    runs: list[tuple[str, list[dict[str, Any]]]] = []
-    for kind, row in entries:
-        if runs and runs[-1][0] == kind:
-            runs[-1][1].append(row)
-        else:
-            runs.append((kind, [row]))
-    return runs
-
-
-def _uuid(value: Any) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-
-def _first_line(exc: BaseException) -> str:
-    text_ = str(exc).strip()
-    return text_.splitlines()[0] if text_ else type(exc).__name__
 
 
 def create_recorder(runtime: Runtime) -> Recorder:

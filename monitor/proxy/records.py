@@ -119,7 +119,7 @@ def repetition_rate(text: str | None, n: int = REPETITION_NGRAM) -> float | None
     total = len(words) - n + 1
     if total <= 0:
         return 0.0
-    distinct = {tuple(words[i : i + n]) for i in range(total)}
+    distinct = set(zip(*(words[i:] for i in range(n)), strict=False))  # the n-grams, in C
     return 1.0 - len(distinct) / total
 
 

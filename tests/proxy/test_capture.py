@@ -140,6 +140,41 @@ def test_k_inferred_and_sampled_token_outside_top_k() -> None:
     assert got.chosen_rank.tolist() == [-1, 1]
 
 
+def test_alternative_strings_are_decoded_only_where_numbers_do_not_settle_the_rank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decodes: list[int] = []
+    full = cap._LOGPROBS_DECODERS["chat"]
+
+    class Counting:
+        def decode(self, raw: Any) -> Any:
+            decodes.append(len(raw))
+            return full.decode(raw)
+
+    monkeypatch.setitem(cap._LOGPROBS_DECODERS, "chat", Counting())
+
+    def body(rows: list[tuple[str, float, list[tuple[str, float]]]]) -> bytes:
+        content = [
+            {
+                "token": t,
+                "logprob": lp,
+                "top_logprobs": [{"token": a, "logprob": v} for a, v in alts],
+            }
+            for t, lp, alts in rows
+        ]
+        choice = {"index": 0, "message": {"content": "x"}, "logprobs": {"content": content}}
+        return orjson.dumps({"choices": [choice]})
+
+    # Each chosen logprob equals exactly one alternative above the row's lowest: settled.
+    settled = capture_response(body([("a", -0.1, [("a", -0.1), ("b", -2.0)])] * 3), "chat", 2)
+    assert settled.chosen_rank.tolist() == [0, 0, 0] and decodes == []
+
+    # Row 2 ties at the lowest value (chosen outside the list, OpenAI style): strings decide.
+    tied = [("a", -0.1, [("a", -0.1), ("b", -2.0)]), ("c", -2.0, [("a", -0.1), ("b", -2.0)])]
+    got = capture_response(body(tied), "chat", 2)
+    assert got.chosen_rank.tolist() == [0, -1] and len(decodes) == 1
+
+
 def test_missing_logprobs_and_null_content() -> None:
     body = (
         b'{"model":"m","choices":[{"index":0,"message":{"content":null},"finish_reason":"stop"}]}'

@@ -42,7 +42,8 @@ def make_recorder(
     made: list[Recorder] = []
 
     def factory(**settings: Any) -> Recorder:
-        values = {"flush_interval_s": 0.05, "replay_interval_s": 0.1, **settings}
+        values = {"flush_interval_s": 0.05, "replay_interval_s": 0.1, "writer_process": False}
+        values.update(settings)
         recorder = Recorder(
             RecorderSettings(**values), sessions, tmp_path / "spool", ProxyMetrics(registry)
         )

@@ -1,0 +1,162 @@
+"""Pack and insert generation batches in a separate process.
+
+Why: the proxy serves from one event loop and the recorder's writer is a
+thread of the same process, so packing arrays, computing signals and running
+SQLAlchemy's inserts (about a fifth of the CPU per proxied request) compete
+with the request path for the GIL. A child process does that work on another
+core; the writer thread only hands it each batch and waits, without the GIL.
+
+The child is a `ProcessPoolExecutor` of one (spawned, so no locks or
+connections are inherited). It ignores SIGINT/SIGTERM: the parent decides when
+it stops, after the last batch. Its answer for a batch is a `BatchOutcome`;
+when the database is unreachable it hands the packed rows back for the parent
+to spool. If the child dies, `write` answers None and the caller writes that
+batch itself; a new child is started for later batches, at most once per
+`RESTART_INTERVAL_S`. Nothing is lost either way: the parent keeps every
+record until the child has answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.db.engine import build_engine
+from monitor.db.session import make_session_factory
+from monitor.logging import setup_logging
+from monitor.proxy.records import GenerationRecord, generation_row
+from monitor.proxy.row_writer import RowWriter, first_line, is_unavailable
+from monitor.proxy.spool import GENERATION, Entry
+
+log = logging.getLogger(__name__)
+
+RESTART_INTERVAL_S = 30.0
+_ANSWER_TIMEOUT_S = 300.0  # a batch insert that takes longer than this is a hung child
+
+
+@dataclass
+class BatchOutcome:
+    written: int = 0
+    invalid: int = 0  # records that could not be packed (dropped, as in-process)
+    rejected: int = 0  # rows the database refused (dropped, as in-process)
+    # Set when the database could not be reached: why, and the packed rows to spool.
+    unavailable: str | None = None
+    unwritten: list[Entry] = field(default_factory=list)
+
+
+def database_url(sessions: sessionmaker[Session]) -> str | None:
+    """The URL the recorder's sessions connect to; None where a child cannot share it."""
+    bind = sessions.kw.get("bind")
+    url = getattr(bind, "url", None)
+    if url is None:
+        return None
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return None  # an in-memory database exists only in this process
+    return str(url.render_as_string(hide_password=False))
+
+
+class WriterProcess:
+    """The child that packs and inserts batches (see module docstring)."""
+
+    def __init__(self, url: str, log_level: str) -> None:
+        self.url = url
+        self.log_level = log_level
+        self._pool: ProcessPoolExecutor | None = None
+        self._broken_at = -RESTART_INTERVAL_S
+
+    def write(self, records: Sequence[GenerationRecord]) -> BatchOutcome | None:
+        """Pack and insert in the child; None when no child can take the batch now."""
+        pool = self._ensure_pool()
+        if pool is None:
+            return None
+        try:
+            return pool.submit(_write_batch, list(records)).result(_ANSWER_TIMEOUT_S)
+        except (BrokenProcessPool, TimeoutError, OSError) as exc:  # OSError: cannot spawn
+            log.error(
+                "recorder writer process failed (%s); writing in-process",
+                type(exc).__name__,
+            )
+            self._discard_pool()
+            return None
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _ensure_pool(self) -> ProcessPoolExecutor | None:
+        if self._pool is None and time.monotonic() - self._broken_at >= RESTART_INTERVAL_S:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_child,
+                initargs=(self.url, self.log_level),
+            )
+        return self._pool
+
+    def _discard_pool(self) -> None:
+        self._broken_at = time.monotonic()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # A hung child would outlive the pool: kill it (no public API for that).
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.kill()
+
+
+# --- in the child ------------------------------------------------------------------
+
+_writer: RowWriter | None = None
+_rejected = 0
+
+
+def _init_child(url: str, log_level: str) -> None:
+    global _writer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    setup_logging(log_level)
+
+    engine = build_engine(url, application_name="thermostat-recorder")
+    _writer = RowWriter(make_session_factory(engine), _count_rejected)
+
+
+def _count_rejected() -> None:
+    global _rejected
+    _rejected += 1
+
+
+def _write_batch(records: list[GenerationRecord]) -> BatchOutcome:
+    global _rejected
+    assert _writer is not None, "writer process not initialised"
+    outcome = BatchOutcome()
+    entries: list[Entry] = []
+    for record in records:
+        try:
+            entries.append((GENERATION, generation_row(record)))
+        except Exception:
+            log.exception("generation %s could not be packed; dropped", record.id)
+            outcome.invalid += 1
+    if not entries:
+        return outcome
+    _rejected = 0
+    try:
+        _writer.commit(entries)
+    except SQLAlchemyError as exc:
+        if not is_unavailable(exc):
+            raise
+        outcome.unavailable = first_line(exc)
+        outcome.unwritten = entries
+        return outcome
+    outcome.rejected = _rejected
+    outcome.written = len(entries) - _rejected
+    return outcome

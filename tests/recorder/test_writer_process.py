@@ -1,0 +1,139 @@
+"""The recorder's writer process against real SQLite and Postgres.
+
+Batches are packed and inserted in a spawned child (`writer_process.py`); the
+parent keeps every record until the child has answered, so a child that dies
+costs nothing: the batch is written in-process and a new child takes later ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.calibration.packing import unpack_token_logprobs
+from monitor.db.models import Generation
+from monitor.proxy import recorder as recorder_module
+from monitor.proxy.metrics import ProxyMetrics
+from monitor.proxy.recorder import Recorder
+from monitor.settings import RecorderSettings
+from tests.recorder.helpers import make_record, unreachable_sessions, wait_for
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def make_recorder(tmp_path: Path, registry: CollectorRegistry) -> Iterator[Any]:
+    made: list[Recorder] = []
+
+    def factory(sessions: sessionmaker[Session], **settings: Any) -> Recorder:
+        values = {"flush_interval_s": 0.05, "replay_interval_s": 0.1, **settings}
+        recorder = Recorder(
+            RecorderSettings(**values), sessions, tmp_path / "spool", ProxyMetrics(registry)
+        )
+        asyncio.run(recorder.start())
+        made.append(recorder)
+        return recorder
+
+    yield factory
+    for recorder in made:
+        asyncio.run(recorder.stop())
+
+
+def _count(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(Generation)) or 0)
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def _child_pid(recorder: Recorder) -> int:
+    pool = recorder._process._pool if recorder._process else None
+    pids = list(getattr(pool, "_processes", {}) or {})
+    assert len(pids) == 1, "the writer process is not running"
+    return int(pids[0])
+
+
+def _no_packing_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packing in this process fails: rows that still arrive were packed by the child."""
+
+    def refuse(record: Any) -> Any:
+        raise AssertionError("packed in the parent")
+
+    monkeypatch.setattr(recorder_module, "generation_row", refuse)
+
+
+def test_batches_are_packed_and_inserted_by_the_child(
+    make_recorder: Any,
+    sessions: sessionmaker[Session],
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _no_packing_here(monkeypatch)
+    recorder = make_recorder(sessions, batch_size=10)
+    records = [make_record(n=3 + i % 4) for i in range(25)]
+    bad = make_record(chosen_rank=np.zeros(99, dtype=np.int8))  # cannot be packed
+    assert all(recorder.submit(r) for r in [*records[:12], bad, *records[12:]])
+    assert recorder.wait_idle(30)
+
+    assert _child_pid(recorder) != os.getpid()
+    assert _count(sessions) == 25
+    assert _value(registry, "thermostat_recorder_written_total", kind="generation") == 25
+    assert _value(registry, "thermostat_recorder_dropped_total", reason="invalid") == 1
+    with sessions() as session:
+        row = session.get(Generation, records[3].id)
+        assert row is not None
+        chosen, top, _ = unpack_token_logprobs(row.logprobs or b"")
+        np.testing.assert_allclose(chosen, records[3].chosen)
+        np.testing.assert_allclose(top, records[3].top, rtol=1e-3)
+
+
+def test_a_killed_child_loses_and_duplicates_nothing(
+    make_recorder: Any, sessions: sessionmaker[Session], registry: CollectorRegistry
+) -> None:
+    recorder = make_recorder(sessions, batch_size=5)
+    first = [make_record() for _ in range(10)]
+    assert all(recorder.submit(r) for r in first)
+    assert recorder.wait_idle(30)
+    os.kill(_child_pid(recorder), signal.SIGKILL)
+
+    rest = [make_record() for _ in range(20)]
+    assert all(recorder.submit(r) for r in rest)
+    assert recorder.wait_idle(30)
+    assert _count(sessions) == 30  # the batch the dead child held was written in-process
+    assert _value(registry, "thermostat_recorder_written_total", kind="generation") == 30
+
+
+def test_database_down_in_the_child_spools_then_replays(
+    make_recorder: Any,
+    sessions: sessionmaker[Session],
+    registry: CollectorRegistry,
+    backend: str,
+    tmp_path: Path,
+) -> None:
+    recorder = make_recorder(unreachable_sessions(backend), batch_size=4, replay_interval_s=0.2)
+    records = [make_record() for _ in range(10)]
+    assert all(recorder.submit(r) for r in records)
+    assert recorder.wait_idle(30)
+    assert _count(sessions) == 0
+    assert _value(registry, "thermostat_recorder_spooled_total", kind="generation") == 10
+    assert all(recorder.is_pending(r.id) for r in records)
+
+    recorder.sessions = sessions  # the database is back
+    wait_for(lambda: not recorder.spool.has_data(), timeout=20)
+    assert _count(sessions) == 10
+    assert _value(registry, "thermostat_recorder_replayed_total", kind="generation") == 10
