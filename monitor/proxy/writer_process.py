@@ -8,19 +8,23 @@ core; the writer thread only hands it each batch and waits, without the GIL.
 
 The child is a `ProcessPoolExecutor` of one (spawned, so no locks or
 connections are inherited). It ignores SIGINT/SIGTERM: the parent decides when
-it stops, after the last batch. Its answer for a batch is a `BatchOutcome`;
-when the database is unreachable it hands the packed rows back for the parent
-to spool. If the child dies, `write` answers None and the caller writes that
-batch itself; a new child is started for later batches, at most once per
-`RESTART_INTERVAL_S`. Nothing is lost either way: the parent keeps every
-record until the child has answered.
+it stops, after the last batch; and it exits when the parent dies (even by
+SIGKILL), which a pool worker would not notice by itself. Its answer for a
+batch is a `BatchOutcome`; when the database is unreachable it hands the
+packed rows back for the parent to spool. If the child dies, `write` answers
+None and the caller writes that batch itself; a new child is started for
+later batches, at most once per `RESTART_INTERVAL_S`. Nothing is lost either
+way: the parent keeps every record until the child has answered.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -124,10 +128,18 @@ def _init_child(url: str, log_level: str) -> None:
     global _writer
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
     setup_logging(log_level)
 
     engine = build_engine(url, application_name="thermostat-recorder")
     _writer = RowWriter(make_session_factory(engine), _count_rejected)
+
+
+def _exit_with_parent() -> None:
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)  # the parent is gone: nobody is left to answer
 
 
 def _count_rejected() -> None:
