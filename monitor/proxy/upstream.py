@@ -5,7 +5,9 @@ bounds a Python proxy, and aiohttp parsed and delivered them at roughly twice
 httpx's rate on this kind of machine (see docs/benchmarks.md). One session per
 process, a bounded connection pool with keep-alive, explicit connect and read
 timeouts. No automatic Accept-Encoding: the proxy reads the body, so it must
-not be compressed.
+not be compressed. No cookie jar: the session is shared by every client, so a
+cookie one answer sets must never ride along on another client's request
+(clients' own Cookie headers still pass through, and Set-Cookie back to them).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def build_session(settings: ProxySettings) -> aiohttp.ClientSession:
         connector=connector,
         timeout=timeout,
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("Accept-Encoding", "User-Agent"),
         raise_for_status=False,
     )

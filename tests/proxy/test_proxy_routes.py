@@ -340,3 +340,22 @@ def test_calibration_applied_to_sampling_exactly_once(
     # The proxy scales (0.5 * T) unless the model server is told and scales itself.
     assert sent == (0.5 if model_admin_url else 1.0)
     assert json.loads(response.content)["thermostat"]["temperature"] == 2.0
+
+
+def test_a_cookie_the_upstream_sets_never_reaches_another_clients_request(
+    make_settings: Callable[..., Settings], upstream: FakeUpstream
+) -> None:
+    # By host name: aiohttp's default cookie jar ignores cookies from IP addresses.
+    by_name = upstream.base_url.replace("127.0.0.1", "localhost")
+    body = {"model": "fake-model", "messages": CHAT, "max_tokens": 4}
+    with serve_app(create_app(make_settings(upstream_url=by_name), "api")) as sidecar:
+        first = httpx.post(
+            f"{sidecar}/v1/chat/completions", json=body, headers={"X-Fake-Mode": "set_cookie=alice"}
+        )
+        assert first.status_code == 200
+        assert "session=alice" in first.headers.get("set-cookie", "")  # back to its own client
+        second = httpx.post(
+            f"{sidecar}/v1/chat/completions", json=body, headers={"Cookie": "theme=dark"}
+        )
+    assert second.status_code == 200
+    assert upstream.requests[-1].headers.get("cookie") == "theme=dark"  # its own, nothing else

@@ -17,7 +17,7 @@ seconds before answering), ``cut`` (close the connection half-way through a
 stream), ``delay_ms=5-20`` (uniform random delay), ``no_logprobs`` (ignore the
 logprobs request, like some servers), ``chunk_delay_ms=N`` (a pause between
 stream events), ``pretty`` (indented JSON with shuffled key order, to exercise
-parsers).
+parsers), ``set_cookie=V`` (a ``Set-Cookie: session=V`` header on the answer).
 
 ``render_json`` (shuffled keys, random whitespace) is shared with the capture
 and splice tests.
@@ -376,7 +376,10 @@ class FakeUpstream:
             data = render_json(obj, random.Random(len(self.requests)))
         else:
             data = json.dumps(obj, ensure_ascii=False).encode()
-        return web.Response(body=data, content_type="application/json")
+        response = web.Response(body=data, content_type="application/json")
+        if "set_cookie" in mode:
+            response.set_cookie("session", mode["set_cookie"])
+        return response
 
     async def _stream(
         self,
