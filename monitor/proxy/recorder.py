@@ -34,8 +34,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.proxy.metrics import ProxyMetrics, proxy_metrics
-from monitor.proxy.records import FeedbackRecord, GenerationRecord, generation_row
-from monitor.proxy.row_writer import RowWriter, first_line, is_unavailable
+from monitor.proxy.records import FeedbackRecord, GenerationRecord
+from monitor.proxy.row_writer import RowWriter, first_line, is_unavailable, pack
 from monitor.proxy.spool import FEEDBACK, GENERATION, Entry, Spool, SpooledFeedback
 from monitor.proxy.writer_process import BatchOutcome, WriterProcess, database_url
 from monitor.runtime import Runtime
@@ -130,14 +130,14 @@ class Recorder:
         return True
 
     def _spool_records(self, records: Sequence[GenerationRecord]) -> int:
-        entries: list[Entry] = []
-        for record in records:
-            try:
-                entries.append((GENERATION, generation_row(record)))
-            except Exception:
-                log.exception("generation %s could not be packed; dropped", record.id)
-                self._drop("invalid")
+        entries = self._pack(records)
         return self._spool_entries(entries) if entries else 0
+
+    def _pack(self, records: Sequence[GenerationRecord]) -> list[Entry]:
+        entries, invalid = pack(records)
+        if invalid:
+            self._drop("invalid", invalid)
+        return entries
 
     def _drop(self, reason: str, count: int = 1) -> None:
         self.metrics.dropped_total.labels(reason=reason).inc(count)
@@ -261,13 +261,7 @@ class Recorder:
             if outcome is not None:
                 self._account(outcome)
                 return
-        entries: list[Entry] = []
-        for record in batch:
-            try:
-                entries.append((GENERATION, generation_row(record)))
-            except Exception:
-                log.exception("generation %s could not be packed; dropped", record.id)
-                self._drop("invalid")
+        entries = self._pack(batch)
         if not entries:
             return
         if self.spool.has_data():

@@ -20,7 +20,12 @@ from monitor.db.dialect import insert_ignoring_conflicts
 from monitor.db.models import Feedback
 from monitor.db.session import session_scope
 from monitor.generations import repository as generations
-from monitor.proxy.records import FeedbackRecord, generation_from_spool
+from monitor.proxy.records import (
+    FeedbackRecord,
+    GenerationRecord,
+    generation_from_spool,
+    generation_row,
+)
 from monitor.proxy.spool import FEEDBACK, GENERATION, Entry
 from monitor.tasks.repository import ensure_tasks
 
@@ -37,6 +42,19 @@ def is_unavailable(exc: BaseException) -> bool:
 def first_line(exc: BaseException) -> str:
     text_ = str(exc).strip()
     return text_.splitlines()[0] if text_ else type(exc).__name__
+
+
+def pack(records: Sequence[GenerationRecord]) -> tuple[list[Entry], int]:
+    """Generation entries for `records`, and how many could not be packed (logged, skipped)."""
+    entries: list[Entry] = []
+    invalid = 0
+    for record in records:
+        try:
+            entries.append((GENERATION, generation_row(record)))
+        except Exception:
+            log.exception("generation %s could not be packed; dropped", record.id)
+            invalid += 1
+    return entries, invalid
 
 
 class RowWriter:

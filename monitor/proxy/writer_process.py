@@ -37,9 +37,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.db.engine import build_engine
 from monitor.db.session import make_session_factory
 from monitor.logging import setup_logging
-from monitor.proxy.records import GenerationRecord, generation_row
-from monitor.proxy.row_writer import RowWriter, first_line, is_unavailable
-from monitor.proxy.spool import GENERATION, Entry
+from monitor.proxy.records import GenerationRecord
+from monitor.proxy.row_writer import RowWriter, first_line, is_unavailable, pack
+from monitor.proxy.spool import Entry
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,7 @@ def _write_batch(records: list[GenerationRecord]) -> BatchOutcome:
     global _rejected
     assert _writer is not None, "writer process not initialised"
     outcome = BatchOutcome()
-    entries: list[Entry] = []
-    for record in records:
-        try:
-            entries.append((GENERATION, generation_row(record)))
-        except Exception:
-            log.exception("generation %s could not be packed; dropped", record.id)
-            outcome.invalid += 1
+    entries, outcome.invalid = pack(records)
     if not entries:
         return outcome
     _rejected = 0

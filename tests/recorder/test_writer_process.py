@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.calibration.packing import unpack_token_logprobs
 from monitor.db.models import Generation
-from monitor.proxy import recorder as recorder_module
+from monitor.proxy import row_writer
 from monitor.proxy.metrics import ProxyMetrics
 from monitor.proxy.recorder import Recorder
 from monitor.settings import RecorderSettings
@@ -74,7 +74,7 @@ def _no_packing_here(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(record: Any) -> Any:
         raise AssertionError("packed in the parent")
 
-    monkeypatch.setattr(recorder_module, "generation_row", refuse)
+    monkeypatch.setattr(row_writer, "generation_row", refuse)
 
 
 def test_batches_are_packed_and_inserted_by_the_child(
