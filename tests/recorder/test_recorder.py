@@ -6,7 +6,6 @@ import asyncio
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,32 +27,6 @@ from tests.recorder.helpers import make_record, unreachable_sessions, wait_for
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def make_recorder(
-    sessions: sessionmaker[Session], tmp_path: Path, registry: CollectorRegistry
-) -> Iterator[Any]:
-    made: list[Recorder] = []
-
-    def factory(**settings: Any) -> Recorder:
-        values = {"flush_interval_s": 0.05, "replay_interval_s": 0.1, "writer_process": False}
-        values.update(settings)
-        recorder = Recorder(
-            RecorderSettings(**values), sessions, tmp_path / "spool", ProxyMetrics(registry)
-        )
-        asyncio.run(recorder.start())
-        made.append(recorder)
-        return recorder
-
-    yield factory
-    for recorder in made:
-        asyncio.run(recorder.stop())
 
 
 def _count(sessions: sessionmaker[Session], model: Any = Generation) -> int:

@@ -7,10 +7,8 @@ costs nothing: the batch is written in-process and a new child takes later ones.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.calibration.packing import unpack_token_logprobs
 from monitor.db.models import Generation
 from monitor.proxy import row_writer
-from monitor.proxy.metrics import ProxyMetrics
 from monitor.proxy.recorder import Recorder
-from monitor.settings import RecorderSettings
 from tests.recorder.helpers import make_record, unreachable_sessions, wait_for
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def make_recorder(tmp_path: Path, registry: CollectorRegistry) -> Iterator[Any]:
-    made: list[Recorder] = []
-
-    def factory(sessions: sessionmaker[Session], **settings: Any) -> Recorder:
-        values = {"flush_interval_s": 0.05, "replay_interval_s": 0.1, **settings}
-        recorder = Recorder(
-            RecorderSettings(**values), sessions, tmp_path / "spool", ProxyMetrics(registry)
-        )
-        asyncio.run(recorder.start())
-        made.append(recorder)
-        return recorder
-
-    yield factory
-    for recorder in made:
-        asyncio.run(recorder.stop())
 
 
 def _count(sessions: sessionmaker[Session]) -> int:
@@ -84,7 +57,7 @@ def test_batches_are_packed_and_inserted_by_the_child(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _no_packing_here(monkeypatch)
-    recorder = make_recorder(sessions, batch_size=10)
+    recorder = make_recorder(writer_process=True, batch_size=10)
     records = [make_record(n=3 + i % 4) for i in range(25)]
     bad = make_record(chosen_rank=np.zeros(99, dtype=np.int8))  # cannot be packed
     assert all(recorder.submit(r) for r in [*records[:12], bad, *records[12:]])
@@ -105,7 +78,7 @@ def test_batches_are_packed_and_inserted_by_the_child(
 def test_a_killed_child_loses_and_duplicates_nothing(
     make_recorder: Any, sessions: sessionmaker[Session], registry: CollectorRegistry
 ) -> None:
-    recorder = make_recorder(sessions, batch_size=5)
+    recorder = make_recorder(writer_process=True, batch_size=5)
     first = [make_record() for _ in range(10)]
     assert all(recorder.submit(r) for r in first)
     assert recorder.wait_idle(30)
@@ -125,7 +98,9 @@ def test_database_down_in_the_child_spools_then_replays(
     backend: str,
     tmp_path: Path,
 ) -> None:
-    recorder = make_recorder(unreachable_sessions(backend), batch_size=4, replay_interval_s=0.2)
+    recorder = make_recorder(
+        unreachable_sessions(backend), writer_process=True, batch_size=4, replay_interval_s=0.2
+    )
     records = [make_record() for _ in range(10)]
     assert all(recorder.submit(r) for r in records)
     assert recorder.wait_idle(30)
