@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +31,22 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, ORJSONResponse, Response, StreamingResponse
+
+Forward = Callable[[Request, str], Awaitable[Response]]
+
+
+def _with_routes(app: FastAPI, forward: Forward) -> FastAPI:
+    """The two completion routes, both handled by `forward(request, upstream path)`."""
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await forward(request, "/chat/completions")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await forward(request, "/completions")
+
+    return app
 
 
 def build_app(upstream: str) -> FastAPI:
@@ -68,15 +84,7 @@ def build_app(upstream: str) -> FastAPI:
             data["thermostat"] = {"confidence": None}
         return JSONResponse(data, status_code=resp.status_code)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        return await forward(request, "/chat/completions")
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await forward(request, "/completions")
-
-    return app
+    return _with_routes(app, forward)
 
 
 def build_aiohttp_app(upstream: str) -> FastAPI:
@@ -105,15 +113,7 @@ def build_aiohttp_app(upstream: str) -> FastAPI:
             data["thermostat"] = {"confidence": None}
         return ORJSONResponse(data, status_code=status)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        return await forward(request, "/chat/completions")
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await forward(request, "/completions")
-
-    return app
+    return _with_routes(app, forward)
 
 
 def main() -> None:
