@@ -79,15 +79,16 @@ class WriterProcess:
 
     def write(self, records: Sequence[GenerationRecord]) -> BatchOutcome | None:
         """Pack and insert in the child; None when no child can take the batch now."""
-        pool = self._ensure_pool()
-        if pool is None:
-            return None
         try:
+            pool = self._ensure_pool()
+            if pool is None:
+                return None
             return pool.submit(_write_batch, list(records)).result(_ANSWER_TIMEOUT_S)
         except (BrokenProcessPool, TimeoutError, OSError) as exc:  # OSError: cannot spawn
             log.error(
-                "recorder writer process failed (%s); writing in-process",
+                "recorder writer process failed (%s: %s); writing in-process",
                 type(exc).__name__,
+                exc,
             )
             self._discard_pool()
             return None

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.calibration.packing import unpack_token_logprobs
 from monitor.db.models import Generation
-from monitor.proxy import row_writer
+from monitor.proxy import row_writer, writer_process
 from monitor.proxy.recorder import Recorder
 from tests.recorder.helpers import make_record, unreachable_sessions, wait_for
 
@@ -112,3 +112,21 @@ def test_database_down_in_the_child_spools_then_replays(
     wait_for(lambda: not recorder.spool.has_data(), timeout=20)
     assert _count(sessions) == 10
     assert _value(registry, "thermostat_recorder_replayed_total", kind="generation") == 10
+
+
+def test_no_process_can_be_started_the_thread_writes(
+    make_recorder: Any,
+    sessions: sessionmaker[Session],
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def cannot_spawn(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no semaphores here")  # e.g. a sandbox without /dev/shm
+
+    monkeypatch.setattr(writer_process, "ProcessPoolExecutor", cannot_spawn)
+    recorder = make_recorder(writer_process=True, batch_size=5)
+    records = [make_record() for _ in range(12)]
+    assert all(recorder.submit(r) for r in records)
+    assert recorder.wait_idle(30)
+    assert _count(sessions) == 12
+    assert _value(registry, "thermostat_recorder_written_total", kind="generation") == 12
