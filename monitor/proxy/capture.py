@@ -377,9 +377,7 @@ def logprob_arrays(
         tops = [e.top_logprobs or () for e in content]
         chosen_lp: list[float | None] = [e.logprob for e in content]
         top_lp = [t.logprob for ts in tops for t in ts]
-        named: list[Any] = tops
-        if isinstance(lp, ChatLogprobNumbers):
-            named = []
+        named: list[Any] = [] if isinstance(lp, ChatLogprobNumbers) else tops
 
         def row_tokens(i: int) -> list[str]:
             if not named:  # decode the alternatives' strings once, on the first need

@@ -81,7 +81,7 @@ class Recorder:
     @property
     def rows(self) -> RowWriter:
         """Inserts through the current `sessions` (tests swap them to simulate outages)."""
-        return RowWriter(self.sessions, lambda: self._drop("rejected"))
+        return RowWriter(self.sessions)
 
     # --- request path ----------------------------------------------------------
 
@@ -268,16 +268,16 @@ class Recorder:
             self._spool_entries(entries)  # stay behind what is already spooled
             return
         try:
-            self.rows.commit(entries)
+            rejected = self.rows.commit(entries)
         except SQLAlchemyError as exc:
             if not is_unavailable(exc):
                 raise
             self._spool_unavailable(first_line(exc), entries)
             return
-        self.metrics.written_total.labels(kind=GENERATION).inc(len(entries))
+        self._account(BatchOutcome(written=len(entries) - rejected, rejected=rejected))
 
     def _account(self, outcome: BatchOutcome) -> None:
-        """Metrics and spooling for a batch the writer process has answered for."""
+        """Metrics and spooling for a batch that was packed and sent to the database."""
         if outcome.invalid:
             self._drop("invalid", outcome.invalid)
         if outcome.rejected:
@@ -309,12 +309,14 @@ class Recorder:
         for path in self.spool.sealed_segments():
             entries = self.spool.read(path)
             try:
-                self.rows.commit(entries)
+                rejected = self.rows.commit(entries)
             except SQLAlchemyError as exc:
                 if not is_unavailable(exc):
                     raise
                 log.warning("spool replay paused: %s", first_line(exc))
                 return replayed
+            if rejected:
+                self._drop("rejected", rejected)
             self.spool.discard(path, entries)
             for kind in (GENERATION, FEEDBACK):
                 count = sum(1 for k, _ in entries if k == kind)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
@@ -58,17 +58,18 @@ def pack(records: Sequence[GenerationRecord]) -> tuple[list[Entry], int]:
 
 
 class RowWriter:
-    """Commits spool-shaped entries; `on_rejected` is told of each row the database refuses."""
+    """Commits spool-shaped entries through `sessions`."""
 
-    def __init__(self, sessions: sessionmaker[Session], on_rejected: Callable[[], None]) -> None:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
-        self.on_rejected = on_rejected
 
-    def commit(self, entries: Sequence[Entry]) -> None:
+    def commit(self, entries: Sequence[Entry]) -> int:
         """Insert entries in order in one transaction; fall back to one by one on bad rows.
 
-        Raises SQLAlchemyError when the database is unavailable (`is_unavailable`).
+        Returns how many rows the database refused (logged and dropped). Raises
+        SQLAlchemyError when the database is unavailable (`is_unavailable`).
         """
+        rejected = 0
         try:
             self._insert(entries)
         except SQLAlchemyError as exc:
@@ -84,7 +85,7 @@ class RowWriter:
                     log.error(
                         "row %s refused, dropped: %s", entry[1].get("id"), first_line(row_exc)
                     )
-                    self.on_rejected()
+                    rejected += 1
         # Feedback may have committed between our read and our commit: look again.
         generation_ids = [_uuid(row["id"]) for kind, row in entries if kind == GENERATION]
         if generation_ids:
@@ -94,6 +95,7 @@ class RowWriter:
                     generations.relabel(session, early)
             except SQLAlchemyError as exc:
                 log.warning("relabelling after insert failed: %s", first_line(exc))
+        return rejected
 
     def _insert(self, entries: Sequence[Entry]) -> None:
         with session_scope(self.sessions) as session:

@@ -121,19 +121,17 @@ class WriterProcess:
 
 # --- in the child ------------------------------------------------------------------
 
-_writer: RowWriter | None = None
-_rejected = 0
+_sessions: sessionmaker[Session] | None = None
 
 
 def _init_child(url: str, log_level: str) -> None:
-    global _writer
+    global _sessions
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
     setup_logging(log_level)
 
-    engine = build_engine(url, application_name="thermostat-recorder")
-    _writer = RowWriter(make_session_factory(engine), _count_rejected)
+    _sessions = make_session_factory(build_engine(url, application_name="thermostat-recorder"))
 
 
 def _exit_with_parent() -> None:
@@ -143,27 +141,19 @@ def _exit_with_parent() -> None:
         os._exit(0)  # the parent is gone: nobody is left to answer
 
 
-def _count_rejected() -> None:
-    global _rejected
-    _rejected += 1
-
-
 def _write_batch(records: list[GenerationRecord]) -> BatchOutcome:
-    global _rejected
-    assert _writer is not None, "writer process not initialised"
+    assert _sessions is not None, "writer process not initialised"
     outcome = BatchOutcome()
     entries, outcome.invalid = pack(records)
     if not entries:
         return outcome
-    _rejected = 0
     try:
-        _writer.commit(entries)
+        outcome.rejected = RowWriter(_sessions).commit(entries)
     except SQLAlchemyError as exc:
         if not is_unavailable(exc):
             raise
         outcome.unavailable = first_line(exc)
         outcome.unwritten = entries
         return outcome
-    outcome.rejected = _rejected
-    outcome.written = len(entries) - _rejected
+    outcome.written = len(entries) - outcome.rejected
     return outcome

@@ -130,3 +130,23 @@ def test_no_process_can_be_started_the_thread_writes(
     assert recorder.wait_idle(30)
     assert _count(sessions) == 12
     assert _value(registry, "thermostat_recorder_written_total", kind="generation") == 12
+
+
+@pytest.mark.parametrize("in_child", [True, False], ids=["writer-process", "writer-thread"])
+def test_a_row_the_database_refuses_is_dropped_and_counted_the_rest_written(
+    make_recorder: Any,
+    sessions: sessionmaker[Session],
+    registry: CollectorRegistry,
+    backend: str,
+    in_child: bool,
+) -> None:
+    if backend != "postgres":
+        pytest.skip("SQLite stores any 64-bit integer: nothing to refuse")
+    recorder = make_recorder(writer_process=in_child, batch_size=6, flush_interval_s=0.3)
+    good = [make_record() for _ in range(5)]
+    bad = make_record(prompt_tokens=2**40)  # past Postgres's integer column
+    assert all(recorder.submit(r) for r in [*good[:2], bad, *good[2:]])
+    assert recorder.wait_idle(30)
+    assert _count(sessions) == 5
+    assert _value(registry, "thermostat_recorder_dropped_total", reason="rejected") == 1
+    assert _value(registry, "thermostat_recorder_written_total", kind="generation") == 5
