@@ -9,6 +9,12 @@ and keeps its traceback.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one line (its message's first), for one-line errors and logs."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class ThermostatError(Exception):
     """Base of every expected error; `status_code` is used by the HTTP layer."""
 

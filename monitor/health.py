@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor.db.migrate import current_revision, head_revision
+from monitor.errors import first_line
 from monitor.runtime import Runtime
 
 router = APIRouter()
@@ -33,8 +34,7 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         current = await asyncio.to_thread(current_revision, runtime.engine)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "unavailable", "reason": first_line(exc)}, status_code=503)
     if current != head:
         body = {"status": "stale_schema", "current": current, "head": head}
         return JSONResponse(body, status_code=503)

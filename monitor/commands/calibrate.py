@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import TASK_NAME_PATTERN
-from monitor.errors import ConfigError, ThermostatError
+from monitor.errors import ConfigError, ThermostatError, first_line
 
 METHODS = ("temperature", "vector")
 DEVICES = ("auto", "cpu", "cuda")
@@ -142,8 +142,7 @@ def load_model(path: Path, device: str) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto")
     except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load the model from {path}: {first}") from None
+        raise ConfigError(f"cannot load the model from {path}: {first_line(exc)}") from None
     model.to(device)
     model.eval()
     return model, tokenizer

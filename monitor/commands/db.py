@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 
 from monitor.db import migrate
 from monitor.db.engine import build_engine
-from monitor.errors import DatabaseError
+from monitor.errors import DatabaseError, first_line
 from monitor.settings import load_settings
 
 
@@ -30,8 +30,7 @@ def run(args: argparse.Namespace) -> int:
     except DatabaseError:
         raise
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatabaseError(f"{args.action} failed: {message}") from None
+        raise DatabaseError(f"{args.action} failed: {first_line(exc)}") from None
     finally:
         engine.dispose()
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, inspect, text
 
-from monitor.errors import DatabaseError
+from monitor.errors import DatabaseError, first_line
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -91,7 +91,7 @@ def ensure_schema(engine: Engine, *, auto_upgrade: bool) -> str:
         current = current_revision(engine)
     except Exception as exc:
         url = engine.url.render_as_string(hide_password=True)
-        raise DatabaseError(f"cannot reach the database at {url}: {_first_line(exc)}") from None
+        raise DatabaseError(f"cannot reach the database at {url}: {first_line(exc)}") from None
     head = head_revision(engine)
     if current == head:
         return head
@@ -102,8 +102,3 @@ def ensure_schema(engine: Engine, *, auto_upgrade: bool) -> str:
     raise DatabaseError(
         f"the database schema {state}, this version needs {head}: run `thermostat db upgrade` first"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -33,9 +33,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor.errors import first_line
 from monitor.proxy.metrics import ProxyMetrics, proxy_metrics
 from monitor.proxy.records import FeedbackRecord, GenerationRecord
-from monitor.proxy.row_writer import RowWriter, first_line, is_unavailable, pack
+from monitor.proxy.row_writer import RowWriter, is_unavailable, pack
 from monitor.proxy.spool import FEEDBACK, GENERATION, Entry, Spool, SpooledFeedback
 from monitor.proxy.writer_process import BatchOutcome, WriterProcess, database_url
 from monitor.runtime import Runtime

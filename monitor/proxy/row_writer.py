@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.db.dialect import insert_ignoring_conflicts
 from monitor.db.models import Feedback
 from monitor.db.session import session_scope
+from monitor.errors import first_line
 from monitor.generations import repository as generations
 from monitor.proxy.records import (
     FeedbackRecord,
@@ -37,11 +38,6 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
-def first_line(exc: BaseException) -> str:
-    text_ = str(exc).strip()
-    return text_.splitlines()[0] if text_ else type(exc).__name__
 
 
 def pack(records: Sequence[GenerationRecord]) -> tuple[list[Entry], int]:

@@ -36,9 +36,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.db.engine import build_engine
 from monitor.db.session import make_session_factory
+from monitor.errors import first_line
 from monitor.logging import setup_logging
 from monitor.proxy.records import GenerationRecord
-from monitor.proxy.row_writer import RowWriter, first_line, is_unavailable, pack
+from monitor.proxy.row_writer import RowWriter, is_unavailable, pack
 from monitor.proxy.spool import Entry
 
 log = logging.getLogger(__name__)
