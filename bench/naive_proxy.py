@@ -7,12 +7,15 @@ the request is parsed (``await request.json()``), forwarded with httpx, the
 whole body is serialised again with ``JSONResponse``. Streams are passed
 through with ``StreamingResponse`` over ``aiter_raw`` (no parsing).
 ``--client aiohttp`` is the stronger naive proxy: aiohttp as the client and
-orjson both ways (``ORJSONResponse``). Issue 4 quotes both kinds (about 350
+orjson both ways (``ORJSONResponse``). ``--client bare`` is no proxy logic at
+all, the floor of this stack: a raw ASGI app under uvicorn relaying bytes
+through the sidecar's aiohttp settings, streams chunk by chunk; what the
+sidecar adds above it is its own work. Issue 4 quotes both kinds (about 350
 and 650 req/s on its reference machine), so running both here tells how this
 machine compares with that one.
 
     python bench/naive_proxy.py --upstream http://127.0.0.1:UP/v1 [--port 0]
-        [--client httpx|aiohttp]
+        [--client httpx|aiohttp|bare]
 
 Prints ``PORT <n>`` on stdout once listening; uvicorn picks uvloop/httptools.
 """
@@ -116,14 +119,60 @@ def build_aiohttp_app(upstream: str) -> FastAPI:
     return _with_routes(app, forward)
 
 
+def build_bare_app(upstream: str) -> Any:
+    """Bytes in, bytes out: no parsing, no added key; SSE relayed chunk by chunk."""
+    state: dict[str, aiohttp.ClientSession] = {}
+    json_headers = {"Content-Type": "application/json"}
+
+    async def lifespan(receive: Any, send: Any) -> None:
+        await receive()  # lifespan.startup
+        state["session"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await state["session"].close()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        url = upstream + scope["path"].removeprefix("/v1")
+        async with state["session"].request(
+            scope["method"], url, data=body or None, headers=json_headers
+        ) as resp:
+            stream = resp.content_type == "text/event-stream"
+            headers = [(b"content-type", resp.content_type.encode())]
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            if stream:
+                async for chunk in resp.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await send({"type": "http.response.body", "body": await resp.read()})
+
+    return app
+
+
+BUILDERS = {"httpx": build_app, "aiohttp": build_aiohttp_app, "bare": build_bare_app}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:9000/v1")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
-    p.add_argument("--client", choices=("httpx", "aiohttp"), default="httpx")
+    p.add_argument("--client", choices=tuple(BUILDERS), default="httpx")
     a = p.parse_args()
-    builder = build_aiohttp_app if a.client == "aiohttp" else build_app
+    builder = BUILDERS[a.client]
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((a.host, a.port))

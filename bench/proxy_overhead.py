@@ -4,18 +4,20 @@ Starts the benchmark upstream (``upstream_server.py``: precomputed 200-token,
 top-5, ~100 KB vLLM-shaped answers), the sidecar as users run it (``thermostat
 serve --role api``, one uvicorn process, uvloop/httptools as uvicorn picks,
 SQLite under a temporary THERMOSTAT_HOME so the recorder really writes) and the
-naive FastAPI+httpx passthrough (``naive_proxy.py``), then measures direct and
-through the proxy in the same run, interleaved, repeated, medians reported:
+baselines of ``naive_proxy.py`` (naive FastAPI passthroughs, and ``bare``: the
+same stack as the sidecar relaying bytes with no work, its floor), then
+measures direct and through the proxy in the same run, interleaved, repeated,
+medians reported:
 
   (a) capacity: req/s at concurrency 64 with zero upstream delay, direct vs
-      proxy vs the naive passthroughs (httpx, and aiohttp+orjson) with wrk, and
+      proxy vs the naive passthroughs (httpx, and aiohttp+orjson) and bare, with wrk, and
       CPU seconds per request from /proc/<pid>/stat (utime + stime, every
       thread, plus the sidecar's children: its recorder writer process);
   (b) latency: p50/p99 at upstream delay U(25, 75) ms, concurrency 1/16/32/64,
       direct vs proxy (wrk --latency), added p50 and p99 (paired per repeat;
       the upstream's RNG is reseeded before every run, so direct and proxy
-      see the same delay sequence);
-  (c) streaming: time to first body byte and total, direct vs proxy, at
+      see the same delay sequence); ``--naive-latency`` adds naive and bare;
+  (c) streaming: time to first body byte and total, direct vs proxy vs bare, at
       concurrency 16 (a small aiohttp client; wrk cannot measure TTFB).
 
     .venv/bin/python bench/proxy_overhead.py [--duration 10] [--latency-duration 8]
@@ -376,6 +378,7 @@ def phase_capacity(procs: Procs, home: Path, a: argparse.Namespace) -> None:
         "proxy": (proxy, pid),
         "naive": start_naive(procs, up),
         "naive-aiohttp": start_naive(procs, up, "aiohttp"),
+        "bare": start_naive(procs, up, "bare"),
     }
     for spec in a.extra_sidecar:
         name, _, path = spec.partition("=")
@@ -406,8 +409,10 @@ def phase_capacity(procs: Procs, home: Path, a: argparse.Namespace) -> None:
     p = med([r.rps for r in runs["proxy"]])
     n = med([r.rps for r in runs["naive"]])
     na = med([r.rps for r in runs["naive-aiohttp"]])
+    bare = med([r.rps for r in runs["bare"]])
     print(
         f"proxy/direct {p / d:.2f}; proxy/naive {p / n:.1f}x; proxy/naive-aiohttp {p / na:.1f}x; "
+        f"proxy/bare {p / bare:.2f}; "
         f"target >= 1000 req/s: {'met' if p >= 1000 else 'NOT met'}"
     )
     # Issue 4 measured a naive aiohttp passthrough at about 650 req/s on its reference
@@ -427,8 +432,9 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
     up, up_pid = start_upstream(procs, 25, 75)
     proxy, _ = start_sidecar(procs, up, home / "b")
     targets = {"direct": up, "proxy": proxy}
-    if a.naive_latency:
-        targets["naive"] = start_naive(procs, up)[0]
+    baselines = {"naive": "httpx", "bare": "bare"} if a.naive_latency else {}
+    for name, client in baselines.items():
+        targets[name] = start_naive(procs, up, client)[0]
     extra = [spec.partition("=") for spec in a.extra_sidecar]
     for name, _, path in extra:
         targets[name] = start_sidecar(procs, up, home / f"b-{name}", path)[0]
@@ -455,8 +461,8 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
     hdr = f"{'conc':>4s} {'direct p50':>10s} {'proxy p50':>10s} {'added p50':>10s} "
     hdr += f"{'direct p99':>10s} {'proxy p99':>10s} {'added p99':>10s} {'req/s d/p':>12s}"
     hdr += f" {'in-proxy mean':>13s} {'p99<=':>6s}"
-    if a.naive_latency:
-        hdr += f" {'naive +p50':>10s} {'naive +p99':>10s}"
+    for name in baselines:
+        hdr += f" {name + ' +p50':>10s} {name + ' +p99':>10s}"
     print(hdr + "   (ms)")
     for c in conc:
         d, p = runs[("direct", c)], runs[("proxy", c)]
@@ -469,8 +475,8 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
             f"{med([r.rps for r in d]):5.0f}/{med([r.rps for r in p]):<5.0f}"
         )
         row += f" {med([m for m, _ in inside[c]]):13.2f} {med([q for _, q in inside[c]]):6.2f}"
-        if a.naive_latency:
-            nv = runs[("naive", c)]
+        for name in baselines:
+            nv = runs[(name, c)]
             row += f" {med([x.p50_ms - y.p50_ms for x, y in zip(nv, d, strict=True)]):10.2f}"
             row += f" {med([x.p99_ms - y.p99_ms for x, y in zip(nv, d, strict=True)]):10.2f}"
         errs = sum(r.errors for k, rs in runs.items() if k[1] == c for r in rs)
@@ -497,7 +503,7 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
 def phase_stream(procs: Procs, home: Path, a: argparse.Namespace) -> None:
     up, up_pid = start_upstream(procs, 25, 75, a.chunk_gap_ms)
     proxy, _ = start_sidecar(procs, up, home / "c")
-    targets = {"direct": up, "proxy": proxy}
+    targets = {"direct": up, "proxy": proxy, "bare": start_naive(procs, up, "bare")[0]}
     for url in targets.values():
         stream_client(url, 32, 16)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
@@ -518,9 +524,10 @@ def phase_stream(procs: Procs, home: Path, a: argparse.Namespace) -> None:
         )
     d, p = runs["direct"], runs["proxy"]
     added = med([x["ttfb_p50"] - y["ttfb_p50"] for x, y in zip(p, d, strict=True)])
+    floor = med([x["ttfb_p50"] - y["ttfb_p50"] for x, y in zip(runs["bare"], d, strict=True)])
     print(
         f"TTFB added (p50, paired): {added:.2f} ms; target < 1 ms: "
-        f"{'met' if added < 1 else 'NOT met'}"
+        f"{'met' if added < 1 else 'NOT met'}; bare relay (the stack's floor) adds {floor:.2f} ms"
     )
     procs.stop_all()
 

@@ -41,19 +41,20 @@ def check_aggregator(aggregator: str) -> None:
 
 
 def renormalisation_set(chosen: np.ndarray, top: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """(P, K+1) float64 logprobs of the set each position is renormalised over.
+    """(K+1, P) float64 logprobs of the set each position is renormalised over.
 
-    The chosen token's float32 logprob replaces its float16 copy in ``top``
-    (so chosen and set agree exactly); when it is outside the top-K it goes to
-    the extra last column, which is -inf otherwise.
+    Alternatives-major (one row per alternative, one column per position):
+    numpy reduces over a short inner axis row by row, several times slower
+    than over a long one, and K is small. The chosen token's float32 logprob
+    replaces its float16 copy in ``top`` (so chosen and set agree exactly);
+    when it is outside the top-K it goes to the extra last row, which is -inf
+    otherwise.
     """
     p, k = top.shape
-    out = np.full((p, k + 1), -np.inf, dtype=np.float64)
-    out[:, :k] = top
-    c = np.asarray(chosen, dtype=np.float64)
+    out = np.full((k + 1, p), -np.inf, dtype=np.float64)
+    out[:k] = top.T
     r = np.asarray(rank, dtype=np.int64)
-    col = np.where(r >= 0, r, k)
-    out[np.arange(p), col] = c
+    out[np.where(r >= 0, r, k), np.arange(p)] = chosen
     return out
 
 
@@ -67,10 +68,11 @@ def token_logprobs(
     out = np.empty(n, dtype=np.float64)
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
-        s = renormalisation_set(chosen[lo:hi], top[lo:hi], rank[lo:hi]) / temperature
-        m = s.max(axis=1)
+        s = renormalisation_set(chosen[lo:hi], top[lo:hi], rank[lo:hi])
+        s /= temperature
+        m = s.max(axis=0)
         m = np.where(np.isfinite(m), m, 0.0)
-        lse = m + np.log(np.exp(s - m[:, None]).sum(axis=1))
+        lse = m + np.log(np.exp(s - m).sum(axis=0))
         out[lo:hi] = np.asarray(chosen[lo:hi], dtype=np.float64) / temperature - lse
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 
@@ -95,3 +97,49 @@ def test_duplicate_token_strings_follow_the_logprob() -> None:
     row = ("\ufffd", -1.0, [("\ufffd", -0.5), ("\ufffd", -1.0), ("x", -2.0)])
     got = capture_response(chat_body([row]), "chat", 3)
     assert got.chosen_rank.tolist() == [1]
+
+
+def reference_row(
+    row: tuple[str, float, list[tuple[str, float]]], k: int
+) -> tuple[list[float], int]:
+    """One row the obvious way: sentinels to -inf, stable sort, cut to k, rank by string."""
+    tok, _, alts = row
+    values = [float("-inf") if v <= -9999.0 else v for _, v in alts]
+    order = sorted(range(len(alts)), key=lambda j: -values[j])[:k]
+    top = [values[j] for j in order] + [float("-inf")] * (k - len(order))
+    rank = next((p for p, j in enumerate(order) if alts[j][0] == tok), -1)
+    return top, rank
+
+
+def random_row(rng: random.Random, k: int) -> tuple[str, float, list[tuple[str, float]]]:
+    """A top-k row as upstreams send it: K-1 or K distinct alternatives, ties and
+    sentinels among them, maybe unsorted; the chosen token listed with its own
+    logprob, or outside the list at or below its lowest, maybe appended as K+1-th."""
+    values = [-9999.0, -0.5, -1.0, -2.0, round(-5 * rng.random(), 3)]
+    alts = [(name, rng.choice(values)) for name in rng.sample("abcdefghij", rng.choice([k - 1, k]))]
+    if rng.random() < 0.5:
+        alts.sort(key=lambda a: -a[1])
+    if alts and rng.random() < 0.7:
+        tok, lp = rng.choice(alts)
+        return tok, lp, alts
+    lowest = min((v for _, v in alts), default=-1.0)
+    lp = rng.choice([lowest, lowest - 1.5]) if lowest > -9999.0 else -9999.0
+    if rng.random() < 0.5:
+        alts = [*alts, ("z", lp)]
+    return "z", lp, alts
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_random_rows_match_a_per_row_reference(endpoint: str) -> None:
+    # Exercises the vectorised path on ragged, unsorted, tied and sentinel rows;
+    # distinct strings per row (the one case where logprob and string may
+    # disagree is covered above).
+    rng = random.Random(7)
+    build = chat_body if endpoint == "chat" else completions_body
+    for _ in range(300):
+        k = rng.choice([1, 2, 3, 5])
+        rows = [random_row(rng, k) for _ in range(rng.randint(1, 30))]
+        got = capture_response(build(rows), endpoint, k)
+        want = [reference_row(r, k) for r in rows]
+        assert got.top.tolist() == [pytest.approx(t) for t, _ in want]
+        assert got.chosen_rank.tolist() == [r for _, r in want]
