@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import threading
 import uuid
@@ -70,6 +71,9 @@ def test_records_are_written_in_batches_with_packed_arrays(
         assert row.calibration_version == 2
     assert all(recorder.is_pending(r.id) for r in records)
     assert not recorder.is_pending(uuid.uuid4())
+    # Remembered as plain ints: tens of thousands of GC-tracked UUIDs here made
+    # every full collection of the serving process walk them.
+    assert not any(gc.is_tracked(key) for key in recorder._recent)
 
 
 def test_overflow_is_dropped_and_counted(
