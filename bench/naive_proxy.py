@@ -7,12 +7,12 @@ the request is parsed (``await request.json()``), forwarded with httpx, the
 whole body is serialised again with ``JSONResponse``. Streams are passed
 through with ``StreamingResponse`` over ``aiter_raw`` (no parsing).
 ``--client aiohttp`` is the stronger naive proxy: aiohttp as the client and
-orjson both ways (``ORJSONResponse``). ``--client bare`` is no proxy logic at
-all, the floor of this stack: a raw ASGI app under uvicorn relaying bytes
-through the sidecar's aiohttp settings, streams chunk by chunk; what the
-sidecar adds above it is its own work. Issue 4 quotes both kinds (about 350
+orjson both ways (``ORJSONResponse``). Issue 4 quotes both kinds (about 350
 and 650 req/s on its reference machine), so running both here tells how this
-machine compares with that one.
+machine compares with that one. ``--client bare`` is no proxy logic at all,
+the floor of the sidecar's stack: a raw ASGI app under uvicorn relaying bytes
+through an aiohttp session, streams chunk by chunk; what the sidecar adds
+above it is its own work.
 
     python bench/naive_proxy.py --upstream http://127.0.0.1:UP/v1 [--port 0]
         [--client httpx|aiohttp|bare]

@@ -566,7 +566,7 @@ def main() -> None:
         help="(a, b) also measure a sidecar importing `monitor` from PYTHONPATH (A/B a change)",
     )
     p.add_argument("--concurrency", default="1,16,32,64", help="(b) concurrencies")
-    p.add_argument("--naive-latency", action="store_true", help="naive baseline in (b) too")
+    p.add_argument("--naive-latency", action="store_true", help="naive, bare baselines in (b)")
     a = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH (Debian: apt-get install wrk)")
