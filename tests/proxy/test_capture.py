@@ -14,6 +14,7 @@ import pytest
 from monitor.proxy import capture as cap
 from monitor.proxy.capture import CaptureError, capture_response
 from monitor.proxy.stream_capture import StreamCapture
+from tests.proxy.bodies import chat_body
 from tests.support.fake_upstream import random_response, render_json
 
 SENT = -9999.0
@@ -153,25 +154,13 @@ def test_alternative_strings_are_decoded_only_where_numbers_do_not_settle_the_ra
 
     monkeypatch.setitem(cap._LOGPROBS_DECODERS, "chat", Counting())
 
-    def body(rows: list[tuple[str, float, list[tuple[str, float]]]]) -> bytes:
-        content = [
-            {
-                "token": t,
-                "logprob": lp,
-                "top_logprobs": [{"token": a, "logprob": v} for a, v in alts],
-            }
-            for t, lp, alts in rows
-        ]
-        choice = {"index": 0, "message": {"content": "x"}, "logprobs": {"content": content}}
-        return orjson.dumps({"choices": [choice]})
-
     # Each chosen logprob equals exactly one alternative above the row's lowest: settled.
-    settled = capture_response(body([("a", -0.1, [("a", -0.1), ("b", -2.0)])] * 3), "chat", 2)
+    settled = capture_response(chat_body([("a", -0.1, [("a", -0.1), ("b", -2.0)])] * 3), "chat", 2)
     assert settled.chosen_rank.tolist() == [0, 0, 0] and decodes == []
 
     # Row 2 ties at the lowest value (chosen outside the list, OpenAI style): strings decide.
     tied = [("a", -0.1, [("a", -0.1), ("b", -2.0)]), ("c", -2.0, [("a", -0.1), ("b", -2.0)])]
-    got = capture_response(body(tied), "chat", 2)
+    got = capture_response(chat_body(tied), "chat", 2)
     assert got.chosen_rank.tolist() == [0, -1] and len(decodes) == 1
 
 

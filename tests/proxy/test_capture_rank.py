@@ -4,48 +4,12 @@ from __future__ import annotations
 
 import random
 
-import orjson
 import pytest
 
 from monitor.proxy.capture import capture_response
+from tests.proxy.bodies import Row, chat_body, completions_body
 
-
-def chat_body(rows: list[tuple[str, float, list[tuple[str, float]]]]) -> bytes:
-    content = [
-        {
-            "token": tok,
-            "logprob": lp,
-            "top_logprobs": [{"token": t, "logprob": v} for t, v in alts],
-        }
-        for tok, lp, alts in rows
-    ]
-    return orjson.dumps(
-        {
-            "model": "m",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"content": "".join(r[0] for r in rows)},
-                    "logprobs": {"content": content},
-                    "finish_reason": "stop",
-                }
-            ],
-        }
-    )
-
-
-def completions_body(rows: list[tuple[str, float, list[tuple[str, float]]]]) -> bytes:
-    lp = {
-        "tokens": [r[0] for r in rows],
-        "token_logprobs": [r[1] for r in rows],
-        "top_logprobs": [dict(r[2]) for r in rows],
-    }
-    return orjson.dumps(
-        {"choices": [{"index": 0, "text": "".join(r[0] for r in rows), "logprobs": lp}]}
-    )
-
-
-CASES: list[tuple[str, tuple[str, float, list[tuple[str, float]]], int]] = [
+CASES: list[tuple[str, Row, int]] = [
     ("top-1", ("a", -0.1, [("a", -0.1), ("b", -2.0), ("c", -3.0)]), 0),
     ("middle", ("b", -2.0, [("a", -0.1), ("b", -2.0), ("c", -3.0)]), 1),
     ("last of K, the row's lowest", ("c", -3.0, [("a", -0.1), ("b", -2.0), ("c", -3.0)]), 2),
@@ -99,9 +63,7 @@ def test_duplicate_token_strings_follow_the_logprob() -> None:
     assert got.chosen_rank.tolist() == [1]
 
 
-def reference_row(
-    row: tuple[str, float, list[tuple[str, float]]], k: int
-) -> tuple[list[float], int]:
+def reference_row(row: Row, k: int) -> tuple[list[float], int]:
     """One row the obvious way: sentinels to -inf, stable sort, cut to k, rank by string."""
     tok, _, alts = row
     values = [float("-inf") if v <= -9999.0 else v for _, v in alts]
@@ -111,7 +73,7 @@ def reference_row(
     return top, rank
 
 
-def random_row(rng: random.Random, k: int) -> tuple[str, float, list[tuple[str, float]]]:
+def random_row(rng: random.Random, k: int) -> Row:
     """A top-k row as upstreams send it: K-1 or K distinct alternatives, ties and
     sentinels among them, maybe unsorted; the chosen token listed with its own
     logprob, or outside the list at or below its lowest, maybe appended as K+1-th."""
