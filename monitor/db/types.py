@@ -61,10 +61,17 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+def storable_text(value: str) -> str:
+    """Postgres text and JSONB cannot hold NUL: it becomes U+FFFD, on both backends."""
+    return value.replace("\x00", "\ufffd")
+
+
 def as_json(value: Any) -> Any:
-    """JSON columns hold plain data; this normalises tuples and numpy scalars."""
+    """JSON columns hold plain data; this normalises tuples, numpy scalars and NULs."""
+    if isinstance(value, str):
+        return storable_text(value)
     if isinstance(value, dict):
-        return {str(k): as_json(v) for k, v in value.items()}
+        return {storable_text(str(k)): as_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [as_json(v) for v in value]
     if hasattr(value, "item"):

@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from monitor.errors import ValidationFailed
 from monitor.http_errors import describe_request_error
@@ -33,6 +33,14 @@ class FeedbackIn(BaseModel):
     source: str = Field(default="user", pattern=SOURCE_PATTERN)
     comment: str | None = Field(default=None, max_length=MAX_COMMENT)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @field_validator("comment", "idempotency_key")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        # Postgres text cannot hold NUL; refused here so both backends answer alike.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL (\\u0000) characters")
+        return value
 
     @property
     def kind(self) -> Literal["label", "score"]:

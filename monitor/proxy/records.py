@@ -24,10 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.calibration.packing import pack_token_logprobs
-from monitor.db.types import as_json, utcnow, uuid7
+from monitor.db.types import as_json, storable_text, utcnow, uuid7
 
-# Column widths of `generations`: values past them would fail a whole batch on Postgres.
-_WIDTHS = {"model": 256, "endpoint": 16, "finish_reason": 32}
+# Text columns of `generations` and their widths (None: unbounded). Past a width,
+# or with a NUL, Postgres refuses the row, and the generation would be lost.
+_TEXT_WIDTHS = {"model": 256, "endpoint": 16, "finish_reason": 32, "response_text": None}
+_MAX_COUNT = 2**31 - 1  # INTEGER columns; SQLite and the spool overflow further on
 REPETITION_NGRAM = 3
 
 
@@ -124,11 +126,14 @@ def repetition_rate(text: str | None, n: int = REPETITION_NGRAM) -> float | None
 
 
 def generation_row(record: GenerationRecord) -> dict[str, Any]:
-    """The `generations` row for a record: arrays packed, signals filled, widths enforced.
+    """The `generations` row for a record: arrays packed, signals filled, values storable.
 
     Runs in the writer; raises ValueError for arrays that cannot be packed.
+    Whatever the upstream sent, the row is one both databases (and the spool)
+    accept: one odd value must not cost the generation, or a whole batch.
     """
     logprobs: bytes | None = None
+    positions = 0 if record.chosen is None else len(record.chosen)
     if record.chosen is not None and record.top is not None and record.chosen_rank is not None:
         logprobs = pack_token_logprobs(record.chosen, record.top, record.chosen_rank)
     margin = record.top_margin if record.top_margin is not None else top_margin(record.top)
@@ -148,8 +153,8 @@ def generation_row(record: GenerationRecord) -> dict[str, Any]:
         "response_text": record.response_text,
         "response_sha256": record.response_sha256,
         "finish_reason": record.finish_reason,
-        "token_count": int(record.token_count),
-        "prompt_tokens": record.prompt_tokens,
+        "token_count": _count(int(record.token_count)) or positions,
+        "prompt_tokens": _count(record.prompt_tokens),
         "upstream_status": record.upstream_status,
         "latency_ms": _finite(record.latency_ms),
         "overhead_ms": _finite(record.overhead_ms),
@@ -165,11 +170,16 @@ def generation_row(record: GenerationRecord) -> dict[str, Any]:
         "temperature": float(record.temperature),
         "calibration_version": record.calibration_version,
     }
-    for column, width in _WIDTHS.items():
+    for column, width in _TEXT_WIDTHS.items():
         value = row[column]
-        if isinstance(value, str) and len(value) > width:
-            row[column] = value[:width]
+        if isinstance(value, str):
+            row[column] = storable_text(value)[:width]
     return row
+
+
+def _count(value: int | None) -> int | None:
+    """A usage count as the INTEGER columns hold it; absurd upstream numbers are unknown."""
+    return value if value is not None and 0 <= value <= _MAX_COUNT else None
 
 
 def generation_from_spool(row: dict[str, Any]) -> dict[str, Any]:

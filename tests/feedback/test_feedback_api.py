@@ -124,6 +124,8 @@ def test_unknown_generation_is_404(client: TestClient) -> None:
         ({"label": True, "generation_id": "not-a-uuid"}, "generation_id"),
         ({"label": True, "source": "Not A Slug!"}, "source"),
         ({"label": True, "idempotency_key": "k" * 256}, "idempotency_key"),
+        ({"label": True, "comment": "a\x00b"}, "comment"),  # Postgres cannot store NUL
+        ({"label": True, "idempotency_key": "k\x00"}, "idempotency_key"),
         ({"label": True, "labels": True}, "labels"),
     ],
 )
