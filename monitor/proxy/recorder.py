@@ -206,7 +206,7 @@ class Recorder:
                     self._flush(batch)
             except Exception:  # the writer must outlive any bug in one batch
                 log.exception("recorder writer failed on a batch of %d; spooling it", len(batch))
-                self._spool_records(batch)
+                self._spool_failed_batch(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -217,6 +217,13 @@ class Recorder:
                 log.exception("spool replay failed; will retry")
             if self._stopping.is_set() and self._queue.empty():
                 return
+
+    def _spool_failed_batch(self, batch: Sequence[GenerationRecord]) -> None:
+        try:
+            self._spool_records(batch)
+        except Exception:  # e.g. the spool's disk is full: count the loss, keep writing
+            log.exception("the batch could not be spooled either; %d record(s) lost", len(batch))
+            self._drop("spool_error", len(batch))
 
     def _collect(self) -> list[GenerationRecord]:
         interval = self.settings.flush_interval_s

@@ -124,6 +124,28 @@ def test_unpackable_record_is_dropped_and_the_rest_written(
     assert _value(registry, "thermostat_recorder_dropped_total", reason="invalid") == 1
 
 
+def test_a_batch_that_can_be_neither_written_nor_spooled_is_counted_and_the_writer_goes_on(
+    make_recorder: Any, sessions: sessionmaker[Session], registry: CollectorRegistry
+) -> None:
+    recorder = make_recorder(batch_size=2, flush_interval_s=0.2)
+    real_flush, real_append = recorder._flush, recorder.spool.append
+
+    def broken_flush(batch: Any) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    def disk_full(entries: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    recorder._flush, recorder.spool.append = broken_flush, disk_full
+    assert recorder.submit(make_record()) and recorder.submit(make_record())
+    assert recorder.wait_idle()
+    assert _value(registry, "thermostat_recorder_dropped_total", reason="spool_error") == 2
+    recorder._flush, recorder.spool.append = real_flush, real_append
+    assert recorder.submit(make_record())
+    assert recorder.wait_idle()
+    assert _count(sessions) == 1  # the writer thread outlived both failures
+
+
 def test_database_down_spools_then_replays_once_in_order(
     make_recorder: Any,
     sessions: sessionmaker[Session],
