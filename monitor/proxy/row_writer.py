@@ -69,7 +69,10 @@ class RowWriter:
         try:
             self._insert(entries)
         except SQLAlchemyError as exc:
-            if is_unavailable(exc) or len(entries) == 1:
+            # A refused row alone in its batch is retried once, dropped and counted
+            # like any other: raised, it would be spooled and fail every replay,
+            # and everything spooled after it would wait behind it.
+            if is_unavailable(exc):
                 raise
             log.warning("batch refused (%s); retrying row by row", first_line(exc))
             for entry in entries:

@@ -151,3 +151,24 @@ def test_a_row_the_database_refuses_is_dropped_and_counted_the_rest_written(
     assert _count(sessions) == 5
     assert _value(registry, "thermostat_recorder_dropped_total", reason="rejected") == 1
     assert _value(registry, "thermostat_recorder_written_total", kind="generation") == 5
+
+
+@pytest.mark.parametrize("in_child", [True, False], ids=["writer-process", "writer-thread"])
+def test_a_refused_row_alone_in_its_batch_does_not_block_later_ones(
+    make_recorder: Any,
+    sessions: sessionmaker[Session],
+    registry: CollectorRegistry,
+    backend: str,
+    in_child: bool,
+) -> None:
+    """At low traffic a batch is often one row; its refusal must not stall the spool."""
+    if backend != "postgres":
+        pytest.skip("SQLite does not enforce column widths: nothing to refuse")
+    recorder = make_recorder(writer_process=in_child, batch_size=1)
+    assert recorder.submit(make_record(task="t" * 65))
+    assert recorder.wait_idle(30)
+    assert recorder.submit(make_record())
+    assert recorder.wait_idle(30)
+    assert not recorder.spool.has_data()
+    assert _count(sessions) == 1
+    assert _value(registry, "thermostat_recorder_dropped_total", reason="rejected") == 1
