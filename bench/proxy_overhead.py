@@ -18,7 +18,8 @@ medians reported:
       the upstream's RNG is reseeded before every run, so direct and proxy
       see the same delay sequence); ``--naive-latency`` adds naive and bare;
   (c) streaming: time to first body byte and total, direct vs proxy vs bare, at
-      concurrency 16 (a small aiohttp client; wrk cannot measure TTFB).
+      concurrency 16 (a small aiohttp client; wrk cannot measure TTFB), and
+      at concurrency 1 paired request by request (no queueing, no delay noise).
 
     .venv/bin/python bench/proxy_overhead.py [--duration 10] [--latency-duration 8]
         [--repeats 3] [--stream-requests 160] [--chunk-gap-ms 10] [--only a,b,c]
@@ -529,6 +530,41 @@ def phase_stream(procs: Procs, home: Path, a: argparse.Namespace) -> None:
         f"TTFB added (p50, paired): {added:.2f} ms; target < 1 ms: "
         f"{'met' if added < 1 else 'NOT met'}; bare relay (the stack's floor) adds {floor:.2f} ms"
     )
+    procs.stop_all()
+    stream_one_at_a_time(procs, home, a)
+
+
+def stream_one_at_a_time(procs: Procs, home: Path, a: argparse.Namespace) -> None:
+    """TTFB added with no queueing at all: concurrency 1, paired request by request.
+
+    One stream at a time, the i-th stream of every run gets the i-th upstream
+    delay (the RNG is reseeded), so each difference to direct is the proxy's
+    alone, without the delays' spread; events 1 ms apart keep the runs short.
+    """
+    up, up_pid = start_upstream(procs, 25, 75, 1.0)
+    targets = {
+        "direct": up,
+        "proxy": start_sidecar(procs, up, home / "c1")[0],
+        "bare": start_naive(procs, up, "bare")[0],
+    }
+    n = max(a.stream_requests // 2, 10)
+    added: dict[str, list[float]] = {"proxy": [], "bare": []}
+    for url in targets.values():
+        asyncio.run(_stream_run(url, 10, 1))
+    for _ in range(a.repeats):
+        ttfb = {}
+        for name, url in targets.items():
+            reseed(up_pid)
+            ttfb[name] = asyncio.run(_stream_run(url, n, 1))[0]
+        for name, values in added.items():
+            values += [x - y for x, y in zip(ttfb[name], ttfb["direct"], strict=True)]
+    print(
+        f"concurrency 1, {n} streams x {a.repeats} paired with direct request by request "
+        "(events 1 ms apart): TTFB added p25 / p50 / p75 (ms)"
+    )
+    for name, values in added.items():
+        q = statistics.quantiles(values, n=4)
+        print(f"{name:8s} {q[0]:6.2f} {q[1]:6.2f} {q[2]:6.2f}")
     procs.stop_all()
 
 
