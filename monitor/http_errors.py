@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from monitor.errors import ThermostatError
+from monitor.errors import ThermostatError, first_line
 
 _TYPES = {401: "authentication_error", 404: "not_found_error", 409: "conflict_error"}
 
@@ -55,9 +55,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DataError)
     async def _data_error(_request: Request, exc: DataError) -> JSONResponse:
-        # A value the database cannot hold (an id past its integer range): the
-        # client's mistake, never a 500.
-        return error_response(422, "a value is out of range for this field", "invalid_request")
+        # A value the database cannot hold (an id past its integer range, a NUL in
+        # text): the client's mistake, never a 500. The database's reason says which.
+        reason = first_line(exc.orig) if exc.orig is not None else "invalid value"
+        return error_response(422, f"a value cannot be stored: {reason}", "invalid_request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

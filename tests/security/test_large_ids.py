@@ -32,3 +32,13 @@ def test_out_of_range_integer_ids_are_not_server_errors(sidecar: Sidecar) -> Non
                 method, template.format(id=TOO_BIG)
             ).status_code
     assert all(status in (404, 422) for status in statuses.values()), statuses
+
+
+def test_a_nul_in_admin_text_is_a_422_that_says_why(sidecar: Sidecar, backend: str) -> None:
+    """Postgres text cannot hold NUL (SQLite can: there the webhook is created)."""
+    body = {"url": "http://127.0.0.1:9/hook", "description": "a\x00b"}
+    with httpx.Client(base_url=sidecar.base, headers=ADMIN, timeout=10) as client:
+        response = client.post("/api/webhooks", json=body)
+    assert response.status_code == (422 if backend == "postgres" else 201), response.text
+    if backend == "postgres":
+        assert "NUL" in response.json()["error"]["message"]
