@@ -134,8 +134,19 @@ class Recorder:
         return True
 
     def _spool_records(self, records: Sequence[GenerationRecord]) -> int:
-        entries = self._pack(records)
-        return self._spool_entries(entries) if entries else 0
+        """Spool records the writer could not write; how many were kept, never raises.
+
+        Its callers are the writer thread's last resort and `submit` while the
+        thread is not running: an error here (a full disk) is counted and logged,
+        so it neither ends the thread nor reaches a request.
+        """
+        try:
+            entries = self._pack(records)
+            return self._spool_entries(entries) if entries else 0
+        except Exception:
+            log.exception("%d record(s) could not be spooled either; lost", len(records))
+            self._drop("spool_error", len(records))
+            return 0
 
     def _pack(self, records: Sequence[GenerationRecord]) -> list[Entry]:
         entries, invalid = pack(records)
@@ -206,7 +217,7 @@ class Recorder:
                     self._flush(batch)
             except Exception:  # the writer must outlive any bug in one batch
                 log.exception("recorder writer failed on a batch of %d; spooling it", len(batch))
-                self._spool_failed_batch(batch)
+                self._spool_records(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -217,13 +228,6 @@ class Recorder:
                 log.exception("spool replay failed; will retry")
             if self._stopping.is_set() and self._queue.empty():
                 return
-
-    def _spool_failed_batch(self, batch: Sequence[GenerationRecord]) -> None:
-        try:
-            self._spool_records(batch)
-        except Exception:  # e.g. the spool's disk is full: count the loss, keep writing
-            log.exception("the batch could not be spooled either; %d record(s) lost", len(batch))
-            self._drop("spool_error", len(batch))
 
     def _collect(self) -> list[GenerationRecord]:
         interval = self.settings.flush_interval_s

@@ -146,6 +146,20 @@ def test_a_batch_that_can_be_neither_written_nor_spooled_is_counted_and_the_writ
     assert _count(sessions) == 1  # the writer thread outlived both failures
 
 
+def test_a_record_submitted_after_stop_that_cannot_be_spooled_is_counted_not_raised(
+    make_recorder: Any, registry: CollectorRegistry
+) -> None:
+    recorder = make_recorder()
+    asyncio.run(recorder.stop())
+
+    def disk_full(entries: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    recorder.spool.append = disk_full
+    assert recorder.submit(make_record()) is False  # a request finishing during shutdown
+    assert _value(registry, "thermostat_recorder_dropped_total", reason="spool_error") == 1
+
+
 def test_database_down_spools_then_replays_once_in_order(
     make_recorder: Any,
     sessions: sessionmaker[Session],
