@@ -16,7 +16,6 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from monitor.config import TaskConfig
@@ -37,6 +36,7 @@ from monitor.proxy.splice import append_thermostat, strip_logprobs, trim_top_log
 from monitor.proxy.sse import SSEParser, encode_event
 from monitor.proxy.stream_capture import ChunkInfo, StreamCapture
 from monitor.proxy.upstream import forward_headers, response_headers
+from monitor.proxy.upstream_client import UpstreamClient, UpstreamResponse
 from monitor.serving.calibration_table import CalibrationEntry
 
 log = logging.getLogger(__name__)
@@ -109,13 +109,12 @@ def shape_for_client(body: bytes, spanned: Captured | ChunkInfo, rewritten: Rewr
 
 
 class ProxyHandler:
-    """Per-process proxy state: the upstream session, config cache, recorder, metrics."""
+    """Per-process proxy state: the upstream client, config cache, recorder, metrics."""
 
-    def __init__(self, runtime: Any, session: aiohttp.ClientSession) -> None:
+    def __init__(self, runtime: Any, client: UpstreamClient | None) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
-        self.session = session
-        self.upstream_url: str | None = self.settings.upstream_url
+        self.client = client
         self.max_body = self.settings.proxy.max_body_bytes
         self.read_timeout = self.settings.proxy.read_timeout_s
         self._configs: dict[str, TaskConfig] = {}
@@ -131,13 +130,16 @@ class ProxyHandler:
     # -- entry points -----------------------------------------------------------------
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.upstream_url is None:
+        if self.client is None:
             return await self._no_upstream(send)
         try:
             headers = forward_headers(scope["headers"])
-            async with self.session.get(self.upstream_url + "/models", headers=headers) as resp:
-                body = await resp.read()
-                await send_bytes(send, resp.status, body, response_headers(resp))
+            response = await self.client.request("GET", "/models", headers)
+            try:
+                body = await response.read()
+            finally:
+                response.release()
+            await send_bytes(send, response.status, body, response_headers(response))
         except Exception as exc:
             await self.upstream_failure(send, exc)
 
@@ -145,7 +147,7 @@ class ProxyHandler:
         self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint
     ) -> None:
         started = time.perf_counter()
-        if self.upstream_url is None:
+        if self.client is None:
             return await self._no_upstream(send)
         try:
             raw = await read_body(receive, self.max_body)
@@ -170,13 +172,13 @@ class ProxyHandler:
         except BadRequest as exc:
             return await send_error(send, exc.status, exc.message, "invalid_request", exc.param)
         generation_id = uuid7()
-        url = self.upstream_url + UPSTREAM_PATHS[endpoint]
         upstream_started = time.perf_counter()
         try:
-            response = await self.session.post(
-                url,
-                data=orjson.dumps(rewritten.body),
-                headers=forward_headers(scope["headers"], task),
+            response = await self.client.request(
+                "POST",
+                UPSTREAM_PATHS[endpoint],
+                forward_headers(scope["headers"], task),
+                orjson.dumps(rewritten.body),
             )
         except Exception as exc:
             return await self.upstream_failure(send, exc, task, endpoint)
@@ -249,7 +251,7 @@ class _Exchange:
         generation_id: Any,
         started: float,
         upstream_started: float,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
     ) -> None:
         self.proxy = proxy
         self.scope = scope
@@ -346,7 +348,7 @@ class _Exchange:
         disconnected = asyncio.Event()
         watcher = asyncio.ensure_future(self._watch_disconnect(disconnected))
         try:
-            async for chunk in self.response.content.iter_any():
+            async for chunk in self.response.iter_chunks():
                 out = [self._relay_event(event, capture) for event in parser.feed(chunk)]
                 payload = b"".join(out)
                 if payload:

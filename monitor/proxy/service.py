@@ -2,7 +2,7 @@
 
 The routes are mounted on the FastAPI app as raw ASGI callables, so a proxied
 request skips FastAPI's request parsing, validation and response models; the
-session and handler are built when the role starts, never at import.
+client and handler are built when the role starts, never at import.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from monitor.proxy.handler import ProxyHandler, Receive, Scope, Send
 from monitor.proxy.rewrite import Endpoint
-from monitor.proxy.upstream import build_session
+from monitor.proxy.upstream import build_client
 
 
 class ProxyService:
@@ -25,8 +25,10 @@ class ProxyService:
         self.handler: ProxyHandler | None = None
 
     async def start(self) -> None:
-        session = build_session(self.runtime.settings.proxy)
-        self.handler = ProxyHandler(self.runtime, session)
+        settings = self.runtime.settings
+        url = settings.upstream_url
+        client = build_client(url, settings.proxy) if url else None
+        self.handler = ProxyHandler(self.runtime, client)
         self.runtime.extras["proxy"] = self.handler
         # Everything built so far (modules, app, settings) lives as long as the
         # process: move it out of the cyclic GC's reach, so the collections
@@ -35,7 +37,8 @@ class ProxyService:
 
     async def stop(self) -> None:
         if self.handler is not None:
-            await self.handler.session.close()
+            if self.handler.client is not None:
+                await self.handler.client.close()
             self.runtime.extras.pop("proxy", None)
 
 
