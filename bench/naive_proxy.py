@@ -11,11 +11,14 @@ orjson both ways (``ORJSONResponse``). Issue 4 quotes both kinds (about 350
 and 650 req/s on its reference machine), so running both here tells how this
 machine compares with that one. ``--client bare`` is no proxy logic at all,
 the floor of the sidecar's stack: a raw ASGI app under uvicorn relaying bytes
-through an aiohttp session, streams chunk by chunk; what the sidecar adds
-above it is its own work.
+through the sidecar's own upstream client (`monitor.proxy.upstream_client`),
+streams chunk by chunk; what the sidecar adds above it is its own work.
+``--client bare-aiohttp`` is the same relay through an aiohttp session, the
+client the sidecar used before: the two side by side measure what the client
+library costs.
 
     python bench/naive_proxy.py --upstream http://127.0.0.1:UP/v1 [--port 0]
-        [--client httpx|aiohttp|bare]
+        [--client httpx|aiohttp|bare|bare-aiohttp]
 
 Prints ``PORT <n>`` on stdout once listening; uvicorn picks uvloop/httptools.
 """
@@ -34,6 +37,8 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, ORJSONResponse, Response, StreamingResponse
+
+from monitor.proxy.upstream_client import UpstreamClient
 
 Forward = Callable[[Request, str], Awaitable[Response]]
 
@@ -119,50 +124,110 @@ def build_aiohttp_app(upstream: str) -> FastAPI:
     return _with_routes(app, forward)
 
 
-def build_bare_app(upstream: str) -> Any:
-    """Bytes in, bytes out: no parsing, no added key; SSE relayed chunk by chunk."""
-    state: dict[str, aiohttp.ClientSession] = {}
-    json_headers = {"Content-Type": "application/json"}
+Relay = Callable[[dict[str, Any], bytes, Any], Awaitable[None]]
 
-    async def lifespan(receive: Any, send: Any) -> None:
-        await receive()  # lifespan.startup
-        state["session"] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown
-        await state["session"].close()
-        await send({"type": "lifespan.shutdown.complete"})
+
+def _bare_asgi(start: Callable[[], Awaitable[Relay]], stop: Callable[[], Awaitable[None]]) -> Any:
+    """A raw ASGI app: the whole request body, then `relay(scope, body, send)`."""
+    state: dict[str, Relay] = {}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            return await lifespan(receive, send)
+            await receive()  # lifespan.startup
+            state["relay"] = await start()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+            await stop()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
         body = b""
         more = True
         while more:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
+        await state["relay"](scope, body, send)
+
+    return app
+
+
+async def _send_start(send: Any, status: int, content_type: bytes) -> None:
+    headers = [(b"content-type", content_type)]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
+def build_bare_app(upstream: str) -> Any:
+    """Bytes in, bytes out through the sidecar's client: no parsing; SSE chunk by chunk."""
+    clients: list[UpstreamClient] = []
+    json_header = [(b"content-type", b"application/json")]
+
+    async def start() -> Relay:
+        clients.append(
+            UpstreamClient(upstream, connect_timeout=5, read_timeout=120, max_connections=256)
+        )
+        return relay
+
+    async def relay(scope: dict[str, Any], body: bytes, send: Any) -> None:
+        path = scope["path"].removeprefix("/v1")
+        resp = await clients[0].request(scope["method"], path, json_header, body or None)
+        try:
+            ctype = resp.header(b"content-type") or b"application/json"
+            await _send_start(send, resp.status, ctype)
+            if ctype.startswith(b"text/event-stream"):
+                async for chunk in resp.iter_chunks():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await send({"type": "http.response.body", "body": await resp.read()})
+        finally:
+            resp.release()
+
+    async def stop() -> None:
+        await clients[0].close()
+
+    return _bare_asgi(start, stop)
+
+
+def build_bare_aiohttp_app(upstream: str) -> Any:
+    """The same relay through an aiohttp session (the sidecar's client until session 5)."""
+    sessions: list[aiohttp.ClientSession] = []
+    json_headers = {"Content-Type": "application/json"}
+
+    async def start() -> Relay:
+        sessions.append(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256),
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        )
+        return relay
+
+    async def relay(scope: dict[str, Any], body: bytes, send: Any) -> None:
         url = upstream + scope["path"].removeprefix("/v1")
-        async with state["session"].request(
+        async with sessions[0].request(
             scope["method"], url, data=body or None, headers=json_headers
         ) as resp:
-            stream = resp.content_type == "text/event-stream"
-            headers = [(b"content-type", resp.content_type.encode())]
-            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-            if stream:
+            await _send_start(send, resp.status, resp.content_type.encode())
+            if resp.content_type == "text/event-stream":
                 async for chunk in resp.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
             else:
                 await send({"type": "http.response.body", "body": await resp.read()})
 
-    return app
+    async def stop() -> None:
+        await sessions[0].close()
+
+    return _bare_asgi(start, stop)
 
 
-BUILDERS = {"httpx": build_app, "aiohttp": build_aiohttp_app, "bare": build_bare_app}
+BUILDERS = {
+    "httpx": build_app,
+    "aiohttp": build_aiohttp_app,
+    "bare": build_bare_app,
+    "bare-aiohttp": build_bare_aiohttp_app,
+}
 
 
 def main() -> None:

@@ -4,22 +4,26 @@ Starts the benchmark upstream (``upstream_server.py``: precomputed 200-token,
 top-5, ~100 KB vLLM-shaped answers), the sidecar as users run it (``thermostat
 serve --role api``, one uvicorn process, uvloop/httptools as uvicorn picks,
 SQLite under a temporary THERMOSTAT_HOME so the recorder really writes) and the
-baselines of ``naive_proxy.py`` (naive FastAPI passthroughs, and ``bare``: the
-same stack as the sidecar relaying bytes with no work, its floor), then
+baselines of ``naive_proxy.py`` (naive FastAPI passthroughs; ``bare``: the
+same stack as the sidecar relaying bytes with no work, its floor; and
+``bare-aiohttp``: that relay through aiohttp, the client library it replaced), then
 measures direct and through the proxy in the same run, interleaved, repeated,
 medians reported:
 
   (a) capacity: req/s at concurrency 64 with zero upstream delay, direct vs
-      proxy vs the naive passthroughs (httpx, and aiohttp+orjson) and bare, with wrk, and
-      CPU seconds per request from /proc/<pid>/stat (utime + stime, every
-      thread, plus the sidecar's children: its recorder writer process);
+      proxy vs the naive passthroughs (httpx, and aiohttp+orjson) and the bare
+      relays, with wrk, and CPU seconds per request from /proc/<pid>/stat
+      (utime + stime, every thread, plus the sidecar's children: its recorder
+      writer process);
   (b) latency: p50/p99 at upstream delay U(25, 75) ms, concurrency 1/16/32/64,
       direct vs proxy (wrk --latency), added p50 and p99 (paired per repeat;
       the upstream's RNG is reseeded before every run, so direct and proxy
-      see the same delay sequence); ``--naive-latency`` adds naive and bare;
-  (c) streaming: time to first body byte and total, direct vs proxy vs bare, at
-      concurrency 16 (a small aiohttp client; wrk cannot measure TTFB), and
-      at concurrency 1 paired request by request (no queueing, no delay noise).
+      see the same delay sequence); ``--naive-latency`` adds the naive and
+      bare relays;
+  (c) streaming: time to first body byte and total, direct vs proxy vs the
+      bare relays, at concurrency 16 (a small aiohttp client; wrk cannot
+      measure TTFB), and at concurrency 1 paired request by request (no
+      queueing, no delay noise).
 
     .venv/bin/python bench/proxy_overhead.py [--duration 10] [--latency-duration 8]
         [--repeats 3] [--stream-requests 160] [--chunk-gap-ms 10] [--only a,b,c]
@@ -380,6 +384,7 @@ def phase_capacity(procs: Procs, home: Path, a: argparse.Namespace) -> None:
         "naive": start_naive(procs, up),
         "naive-aiohttp": start_naive(procs, up, "aiohttp"),
         "bare": start_naive(procs, up, "bare"),
+        "bare-aiohttp": start_naive(procs, up, "bare-aiohttp"),
     }
     for spec in a.extra_sidecar:
         name, _, path = spec.partition("=")
@@ -433,7 +438,11 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
     up, up_pid = start_upstream(procs, 25, 75)
     proxy, _ = start_sidecar(procs, up, home / "b")
     targets = {"direct": up, "proxy": proxy}
-    baselines = {"naive": "httpx", "bare": "bare"} if a.naive_latency else {}
+    baselines = (
+        {"naive": "httpx", "bare": "bare", "bare-aiohttp": "bare-aiohttp"}
+        if a.naive_latency
+        else {}
+    )
     for name, client in baselines.items():
         targets[name] = start_naive(procs, up, client)[0]
     extra = [spec.partition("=") for spec in a.extra_sidecar]
@@ -504,7 +513,7 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
 def phase_stream(procs: Procs, home: Path, a: argparse.Namespace) -> None:
     up, up_pid = start_upstream(procs, 25, 75, a.chunk_gap_ms)
     proxy, _ = start_sidecar(procs, up, home / "c")
-    targets = {"direct": up, "proxy": proxy, "bare": start_naive(procs, up, "bare")[0]}
+    targets = {"direct": up, "proxy": proxy, **_bare_relays(procs, up)}
     for url in targets.values():
         stream_client(url, 32, 16)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
@@ -523,15 +532,23 @@ def phase_stream(procs: Procs, home: Path, a: argparse.Namespace) -> None:
             f"{med([r['ttfb_p99'] for r in rs]):9.2f} {med([r['total_p50'] for r in rs]):10.2f} "
             f"{sum(int(r['errors']) for r in rs):7d}"
         )
-    d, p = runs["direct"], runs["proxy"]
-    added = med([x["ttfb_p50"] - y["ttfb_p50"] for x, y in zip(p, d, strict=True)])
-    floor = med([x["ttfb_p50"] - y["ttfb_p50"] for x, y in zip(runs["bare"], d, strict=True)])
+    d = runs["direct"]
+    added = {
+        name: med([x["ttfb_p50"] - y["ttfb_p50"] for x, y in zip(rs, d, strict=True)])
+        for name, rs in runs.items()
+    }
     print(
-        f"TTFB added (p50, paired): {added:.2f} ms; target < 1 ms: "
-        f"{'met' if added < 1 else 'NOT met'}; bare relay (the stack's floor) adds {floor:.2f} ms"
+        f"TTFB added (p50, paired): {added['proxy']:.2f} ms; target < 1 ms: "
+        f"{'met' if added['proxy'] < 1 else 'NOT met'}; bare relay (the stack's floor) adds "
+        f"{added['bare']:.2f} ms, through aiohttp {added['bare-aiohttp']:.2f} ms"
     )
     procs.stop_all()
     stream_one_at_a_time(procs, home, a)
+
+
+def _bare_relays(procs: Procs, up: str) -> dict[str, str]:
+    """The stack's floor, through the sidecar's upstream client and through aiohttp."""
+    return {name: start_naive(procs, up, name)[0] for name in ("bare", "bare-aiohttp")}
 
 
 def stream_one_at_a_time(procs: Procs, home: Path, a: argparse.Namespace) -> None:
@@ -545,10 +562,10 @@ def stream_one_at_a_time(procs: Procs, home: Path, a: argparse.Namespace) -> Non
     targets = {
         "direct": up,
         "proxy": start_sidecar(procs, up, home / "c1")[0],
-        "bare": start_naive(procs, up, "bare")[0],
+        **_bare_relays(procs, up),
     }
     n = max(a.stream_requests // 2, 10)
-    added: dict[str, list[float]] = {"proxy": [], "bare": []}
+    added: dict[str, list[float]] = {name: [] for name in targets if name != "direct"}
     for url in targets.values():
         asyncio.run(_stream_run(url, 10, 1))
     for _ in range(a.repeats):
@@ -564,7 +581,7 @@ def stream_one_at_a_time(procs: Procs, home: Path, a: argparse.Namespace) -> Non
     )
     for name, values in added.items():
         q = statistics.quantiles(values, n=4)
-        print(f"{name:8s} {q[0]:6.2f} {q[1]:6.2f} {q[2]:6.2f}")
+        print(f"{name:12s} {q[0]:6.2f} {q[1]:6.2f} {q[2]:6.2f}")
     procs.stop_all()
 
 

@@ -195,6 +195,15 @@ def _spans(buf: bytes, env: _Envelope) -> list[Span | None]:
     return out
 
 
+def envelope_spans(body: bytes) -> tuple[_Envelope, list[Span | None]]:
+    """One decode: the envelope, every choice's logprobs left raw, and their spans."""
+    try:
+        env = _ENVELOPE.decode(body)
+    except msgspec.DecodeError as exc:
+        raise CaptureError(str(exc)) from exc
+    return env, _spans(body, env)
+
+
 def _choice0(env: _Envelope) -> int:
     """Position in "choices" of the choice with index 0 (usually the first)."""
     for pos, ch in enumerate(env.choices or ()):
@@ -262,8 +271,7 @@ def split_body(
         fast = _fast_split(body, dec)
         if fast is not None:
             return fast
-        env = _ENVELOPE.decode(body)
-        spans = _spans(body, env)
+        env, spans = envelope_spans(body)
         c0 = _choice0(env)
         lp = None
         raw = env.choices[c0].logprobs if c0 >= 0 else None  # type: ignore[index]

@@ -283,6 +283,37 @@ def test_stream_capture_cut_off_keeps_what_arrived() -> None:
     assert got.finish_reason is None and sc.bad_chunks == 1
 
 
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_stream_chunk_with_logprobs_of_another_shape_is_counted_and_skipped(
+    endpoint: str,
+) -> None:
+    # Logprobs are decoded when the result is asked for, all chunks at once: one
+    # chunk of the wrong shape must cost that chunk only, not the whole stream.
+    if endpoint == "chat":
+        top = [
+            {"token": t, "logprob": -0.5, "top_logprobs": [{"token": t, "logprob": -0.5}]}
+            for t in "abc"
+        ]
+        choice = {"message": {"content": "abc"}, "logprobs": {"content": top}}
+    else:
+        lp = {
+            "tokens": list("abc"),
+            "token_logprobs": [-0.5] * 3,
+            "top_logprobs": [{t: -0.5} for t in "abc"],
+        }
+        choice = {"text": "abc", "logprobs": lp}
+    obj = {"model": "m", "choices": [{"index": 0, "finish_reason": "stop", **choice}]}
+    events = _stream_events(obj, endpoint)
+    broken = orjson.loads(events[1])
+    broken["choices"][0]["logprobs"] = {"content": 7} if endpoint == "chat" else {"tokens": 7}
+    events[1] = orjson.dumps(broken)
+    sc = StreamCapture(endpoint, k=1)  # type: ignore[arg-type]
+    assert all(sc.feed(payload).ok for payload in events)  # each chunk itself is JSON
+    got = sc.result()
+    assert got.tokens == ["a", "c"] and sc.bad_chunks == 1
+    assert got.chosen.shape == (2,) and got.top.shape == (2, 1)
+
+
 def test_raw_spans_are_views_not_copies() -> None:
     # The span machinery depends on msgspec.Raw referencing the input buffer.
     body = b'{"choices":[{"logprobs":{"content":[]}}]}'

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
 import socket
+import ssl
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ParamSpec
 
 import pytest
@@ -158,9 +162,9 @@ class RawServer:
 
 
 @asynccontextmanager
-async def serve(handler: Handler) -> AsyncIterator[RawServer]:
+async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[RawServer]:
     raw = RawServer(handler)
-    server = await asyncio.start_server(raw._on_connection, "127.0.0.1", 0)
+    server = await asyncio.start_server(raw._on_connection, "127.0.0.1", 0, ssl=tls)
     raw.port = server.sockets[0].getsockname()[1]
     try:
         yield raw
@@ -1055,6 +1059,61 @@ async def test_read_buffers_a_body_larger_than_the_high_water_mark(
         assert await get(client) == (200, body)
         assert await get(client) == (200, body)
         assert server.accepted == 1
+
+
+# -- https -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1 (cert and key in one PEM file)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    pem = tmp_path / "server.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    command += ["-keyout", str(pem), "-out", str(pem)]
+    subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+    )
+    return pem
+
+
+def _tls_server_context(pem: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    return context
+
+
+@run
+async def test_https_upstream_with_a_trusted_certificate(
+    certificate: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))  # what a private CA's users set
+
+    async def handler(peer: Peer) -> None:
+        await peer.serve_forever(b"over tls")
+
+    async with serve(handler, _tls_server_context(certificate)) as server:
+        client = make_client(server.url("/v1").replace("http://", "https://"))
+        assert await get(client, "/models") == (200, b"over tls")
+        assert await get(client, "/models") == (200, b"over tls")
+        assert server.accepted == 1  # kept alive over TLS as well
+        assert server.peers[0].requests[0].target == "/v1/models"
+
+
+@run
+async def test_https_upstream_with_an_untrusted_certificate_is_refused(certificate: Path) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.serve_forever()
+
+    async with serve(handler, _tls_server_context(certificate)) as server:
+        client = make_client(server.url().replace("http://", "https://"))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await client.request("GET", "/", [])
+        assert client._open == 0
 
 
 # -- found while writing these tests (each failed before its fix) -----------------------
