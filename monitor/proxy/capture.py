@@ -257,16 +257,15 @@ def _fast_split(
     return None
 
 
-def split_body(
-    body: bytes, endpoint: Endpoint, numbers_only: bool = False
-) -> tuple[_Envelope, object, list[Span | None]]:
+def split_body(body: bytes, endpoint: Endpoint) -> tuple[_Envelope, object, list[Span | None]]:
     """Envelope, choice 0's decoded logprobs (or None) and every choice's logprobs span.
 
-    ``numbers_only``: chat logprobs come back as `ChatLogprobNumbers`.
+    Chat logprobs come back as `ChatLogprobNumbers` (`logprob_arrays` decodes
+    the alternatives' strings on demand).
     """
-    dec: msgspec.json.Decoder[Any] = _LOGPROBS_DECODERS[endpoint]
-    if numbers_only and endpoint == "chat":
-        dec = _CHAT_NUMBERS
+    dec: msgspec.json.Decoder[Any] = (
+        _CHAT_NUMBERS if endpoint == "chat" else _LOGPROBS_DECODERS[endpoint]
+    )
     try:
         fast = _fast_split(body, dec)
         if fast is not None:
@@ -426,7 +425,7 @@ def capture_response(body: bytes, endpoint: Endpoint, k: int | None = None) -> C
     body. Raises CaptureError when the body is not a response object.
     """
     body = bytes(body)
-    env, lp, spans = split_body(body, endpoint, numbers_only=True)
+    env, lp, spans = split_body(body, endpoint)
     choices = env.choices or []
     c0 = _choice0(env)
     ch = choices[c0] if c0 >= 0 else None
