@@ -291,15 +291,11 @@ class UpstreamClient:
                 conn.send(head if body is None else head + body)
                 while not conn.headers_done:
                     await conn.wait()
-            except UpstreamClosed:
-                conn.abort()
-                self._release(conn)
-                if reused and attempt == 1 and not conn.received:
+            except BaseException as exc:
+                self._release(conn)  # unfinished: closed, never pooled
+                closed_idle = isinstance(exc, UpstreamClosed) and not conn.received
+                if closed_idle and reused and attempt == 1:
                     continue  # closed by the server while idle: once more, on a new connection
-                raise
-            except BaseException:
-                conn.abort()
-                self._release(conn)
                 raise
             return UpstreamResponse(conn)
         raise AssertionError("unreachable")
