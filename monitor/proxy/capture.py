@@ -37,6 +37,11 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+try:  # the optional C scanner (setup.py); without a compiler, the Python path below
+    from monitor.proxy import _logprob_scan as _native
+except ImportError:  # pragma: no cover - depends on the build
+    _native = None  # type: ignore[assignment]
+
 Endpoint = Literal["chat", "completions"]
 Span = tuple[int, int]
 F32 = npt.NDArray[np.float32]
@@ -48,6 +53,11 @@ _MAX_END_TRIES = 12  # candidate ends tried on the fast path before the two-pass
 
 class CaptureError(ValueError):
     """The body is not a JSON object of the expected shape; forward it untouched."""
+
+
+# What msgspec raises on a body it cannot decode: invalid JSON or types, invalid
+# UTF-8 in a decoded string, nesting deeper than it recurses.
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 # --- msgspec Structs: only the fields we read. gc=False: no cycles are possible,
@@ -199,7 +209,7 @@ def envelope_spans(body: bytes) -> tuple[_Envelope, list[Span | None]]:
     """One decode: the envelope, every choice's logprobs left raw, and their spans."""
     try:
         env = _ENVELOPE.decode(body)
-    except msgspec.DecodeError as exc:
+    except _DECODE_ERRORS as exc:
         raise CaptureError(str(exc)) from exc
     return env, _spans(body, env)
 
@@ -212,15 +222,48 @@ def _choice0(env: _Envelope) -> int:
     return -1
 
 
+def _skeleton(body: bytes, start: int, end: int) -> tuple[_Envelope, list[Span | None]] | None:
+    """Envelope and spans if ``body[start:end]`` is choice 0's logprobs value, else None.
+
+    The body with that value replaced by ``null`` must decode and put choice 0's
+    logprobs exactly there; with the value itself valid JSON, that is a proof.
+    """
+    j = end
+    while j < len(body) and body[j] in _WS:
+        j += 1
+    if body[j : j + 1] not in (b",", b"}"):
+        return None  # inside a choice object the value is followed by , or }
+    skeleton = body[:start] + b"null" + body[end:]
+    try:
+        env = _ENVELOPE.decode(skeleton)
+    except _DECODE_ERRORS:
+        return None
+    spans = _spans(skeleton, env)
+    c0 = _choice0(env)
+    if c0 < 0 or spans[c0] != (start, start + 4):
+        return None
+    shift = end - start - 4
+    fixed: list[Span | None] = [
+        None if s is None else (s if s[0] < start else (s[0] + shift, s[1] + shift)) for s in spans
+    ]
+    fixed[c0] = (start, end)
+    return env, fixed
+
+
+def _logprobs_start(body: bytes) -> int:
+    """Offset of the first ``"logprobs":`` object value (choice 0's, usually), or -1."""
+    m = _LOGPROBS_KEY.search(body)
+    if m is None or body[m.end() : m.end() + 1] != b"{":
+        return -1
+    return m.end()
+
+
 def _fast_split(
     body: bytes, dec: msgspec.json.Decoder[Any]
 ) -> tuple[_Envelope, object, list[Span | None]] | None:
     """One-scan path: locate choice 0's logprobs by key + validated end. None: fall back."""
-    m = _LOGPROBS_KEY.search(body)
-    if m is None:
-        return None
-    start = m.end()
-    if body[start : start + 1] != b"{":
+    start = _logprobs_start(body)
+    if start < 0:
         return None
     pos = len(body)
     for _ in range(_MAX_END_TRIES):
@@ -228,33 +271,41 @@ def _fast_split(
         if end < 0:
             return None
         pos = end
-        end += 1
-        j = end
-        while j < len(body) and body[j] in _WS:
-            j += 1
-        if body[j : j + 1] not in (b",", b"}"):
-            continue  # inside a choice object the value is followed by , or }
-        skeleton = body[:start] + b"null" + body[end:]
+        located = _skeleton(body, start, end + 1)
+        if located is None:
+            continue
         try:
-            env = _ENVELOPE.decode(skeleton)
+            lp = dec.decode(memoryview(body)[start : end + 1])
         except msgspec.DecodeError:
             continue
-        spans = _spans(skeleton, env)
-        c0 = _choice0(env)
-        if c0 < 0 or spans[c0] != (start, start + 4):
-            return None
-        try:
-            lp = dec.decode(memoryview(body)[start:end])
-        except msgspec.DecodeError:
-            continue
-        shift = end - start - 4
-        fixed: list[Span | None] = [
-            None if s is None else (s if s[0] < start else (s[0] + shift, s[1] + shift))
-            for s in spans
-        ]
-        fixed[c0] = (start, end)
-        return env, lp, fixed
+        return located[0], lp, located[1]
     return None
+
+
+def _native_split(
+    body: bytes, k: int
+) -> tuple[_Envelope, list[Span | None], tuple[list[str], F32, F32, I8]] | None:
+    """The native scanner's path for chat bodies: envelope, spans and the arrays.
+
+    None (not built, or the scanner is unsure of the body): the Python path.
+    """
+    start = _logprobs_start(body) if _native is not None else -1
+    if start < 0:
+        return None
+    scanned = _native.scan_chat(body, start, k, msgspec.json.decode)
+    if scanned is None:
+        return None
+    end, tokens, chosen, top, rank = scanned
+    located = _skeleton(body, start, end)
+    if located is None:
+        return None
+    arrays = (
+        tokens,
+        np.frombuffer(chosen, np.float32),
+        np.frombuffer(top, np.float32).reshape(len(tokens), k),
+        np.frombuffer(rank, np.int8),
+    )
+    return located[0], located[1], arrays
 
 
 def split_body(body: bytes, endpoint: Endpoint) -> tuple[_Envelope, object, list[Span | None]]:
@@ -276,7 +327,7 @@ def split_body(body: bytes, endpoint: Endpoint) -> tuple[_Envelope, object, list
         raw = env.choices[c0].logprobs if c0 >= 0 else None  # type: ignore[index]
         if raw is not None and len(raw) and bytes(raw) != b"null":
             lp = dec.decode(raw)
-    except msgspec.DecodeError as exc:
+    except _DECODE_ERRORS as exc:
         raise CaptureError(str(exc)) from exc
     return env, lp, spans
 
@@ -425,7 +476,13 @@ def capture_response(body: bytes, endpoint: Endpoint, k: int | None = None) -> C
     body. Raises CaptureError when the body is not a response object.
     """
     body = bytes(body)
-    env, lp, spans = split_body(body, endpoint)
+    native = _native_split(body, k) if endpoint == "chat" and k and 0 < k < 128 else None
+    if native is not None:
+        env, spans, (tokens, chosen, top, rank) = native
+        has_logprobs = True
+    else:
+        env, lp, spans = split_body(body, endpoint)
+        has_logprobs = lp is not None
     choices = env.choices or []
     c0 = _choice0(env)
     ch = choices[c0] if c0 >= 0 else None
@@ -435,9 +492,13 @@ def capture_response(body: bytes, endpoint: Endpoint, k: int | None = None) -> C
         text, finish = (ch.message.content if ch.message else None) or "", ch.finish_reason
     else:
         text, finish = ch.text or "", ch.finish_reason
-    span = spans[c0] if c0 >= 0 else None
-    raw = memoryview(body)[span[0] : span[1]] if span else None
-    tokens, chosen, top, rank = logprob_arrays(lp, k, raw)
+    if native is None:
+        span = spans[c0] if c0 >= 0 else None
+        raw = memoryview(body)[span[0] : span[1]] if span else None
+        try:  # the alternatives' strings, when decoded, can still be invalid
+            tokens, chosen, top, rank = logprob_arrays(lp, k, raw)
+        except _DECODE_ERRORS as exc:
+            raise CaptureError(str(exc)) from exc
     usage = env.usage
     return Captured(
         endpoint=endpoint,
@@ -447,7 +508,7 @@ def capture_response(body: bytes, endpoint: Endpoint, k: int | None = None) -> C
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
         n_choices=len(choices),
-        has_logprobs=lp is not None,
+        has_logprobs=has_logprobs,
         tokens=tokens,
         chosen=chosen,
         top=top,

@@ -13,7 +13,27 @@ import numpy as np
 
 from monitor.calibration.aggregation import answer_span_positions, token_logprobs
 from monitor.config import ConfidenceMethod, TaskConfig
+from monitor.proxy import capture
 from monitor.proxy.capture import Captured
+
+
+def _token_logprobs(
+    chosen: np.ndarray, top: np.ndarray, rank: np.ndarray, temperature: float
+) -> np.ndarray:
+    """`token_logprobs` for one response: the C loop when built (about 10x faster
+    here, where the numpy calls' fixed cost dominates), numpy otherwise."""
+    native = capture._native
+    if (
+        native is not None
+        and chosen.dtype == np.float32
+        and top.dtype == np.float32
+        and rank.dtype == np.int8
+        and top.flags.c_contiguous
+        and top.shape[1] > 0
+    ):
+        out = native.token_logprobs(chosen, top, rank, top.shape[1], temperature)
+        return np.frombuffer(out, np.float64)
+    return token_logprobs(chosen, top, rank, temperature)
 
 
 def answer_span(captured: Captured, config: TaskConfig) -> tuple[int, int] | None:
@@ -45,7 +65,7 @@ def confidence(
     lo, hi = _window(n, method, span)
     if hi <= lo:
         return None
-    lp = token_logprobs(
+    lp = _token_logprobs(
         captured.chosen[lo:hi], captured.top[lo:hi], captured.chosen_rank[lo:hi], temperature
     )
     if method == ConfidenceMethod.mean:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from monitor.proxy.capture import (
+    _DECODE_ERRORS,
     _LOGPROBS_DECODERS,
     Captured,
     CaptureError,
@@ -113,12 +114,12 @@ class StreamCapture:
         joined = b"[" + b",".join(self._pending) + b"]"
         try:
             decoded: list[object] = list(_MANY[self.endpoint].decode(joined))
-        except msgspec.DecodeError:  # some chunk's logprobs have another shape: skip those
+        except _DECODE_ERRORS:  # some chunk's logprobs have another shape: skip those
             decoded = []
             for raw in self._pending:
                 try:
                     decoded.append(_LOGPROBS_DECODERS[self.endpoint].decode(raw))
-                except msgspec.DecodeError:
+                except _DECODE_ERRORS:
                     self.bad_chunks += 1
         self._pending.clear()
         for lp in decoded:

@@ -20,6 +20,14 @@ from tests.support.fake_upstream import random_response, render_json
 SENT = -9999.0
 
 
+@pytest.fixture(autouse=True, params=["native", "python"])
+def scan_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both chat paths: the C scanner and the msgspec one."""
+    if request.param == "python":
+        monkeypatch.setattr(cap, "_native", None)
+    return str(request.param)
+
+
 def reference(obj: dict, endpoint: str, k: int) -> dict[str, Any]:
     """What capture must return, computed the slow, obvious way."""
     choice = next((c for c in obj["choices"] if c["index"] == 0), None)
@@ -141,8 +149,9 @@ def test_k_inferred_and_sampled_token_outside_top_k() -> None:
     assert got.chosen_rank.tolist() == [-1, 1]
 
 
+@pytest.mark.parametrize("scan_path", ["python"], indirect=True)
 def test_alternative_strings_are_decoded_only_where_numbers_do_not_settle_the_rank(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, scan_path: str
 ) -> None:
     decodes: list[int] = []
     full = cap._LOGPROBS_DECODERS["chat"]
@@ -193,6 +202,28 @@ def test_completions_null_token_logprob_is_nan() -> None:
 def test_bad_bodies_raise_capture_error(body: bytes) -> None:
     with pytest.raises(CaptureError):
         capture_response(body, "chat")
+
+
+def test_invalid_utf8_the_python_path_finds_is_a_capture_error_not_a_crash() -> None:
+    """A tie makes the Python path decode every alternative's string, and one is
+    not UTF-8. The proxy forwards a CaptureError's body untouched; anything else
+    would be a 500."""
+    body = (
+        b'{"choices":[{"index":0,"logprobs":{"content":['
+        b'{"token":"a","logprob":-1,"top_logprobs":[{"token":"a","logprob":-1},'
+        b'{"token":"b","logprob":-1}]},{"token":"c","logprob":-1,"top_logprobs":['
+        b'{"token":"c","logprob":-1},{"token":"\xff","logprob":-2}]}]}}]}'
+    )
+    with pytest.raises(CaptureError):
+        capture_response(body, "chat", 2)
+
+
+@pytest.mark.parametrize(("endpoint", "key"), [("chat", "content"), ("completions", "tokens")])
+def test_nesting_msgspec_will_not_follow_is_a_capture_error(endpoint: str, key: str) -> None:
+    deep = b"[" * 10_000 + b"]" * 10_000
+    body = b'{"choices":[{"index":0,"logprobs":{"x":%s,"%s":[]}}]}' % (deep, key.encode())
+    with pytest.raises(CaptureError):
+        capture_response(body, endpoint, 2)  # type: ignore[arg-type]
 
 
 def _stream_events(obj: dict, endpoint: str) -> list[bytes]:
@@ -312,6 +343,22 @@ def test_stream_chunk_with_logprobs_of_another_shape_is_counted_and_skipped(
     got = sc.result()
     assert got.tokens == ["a", "c"] and sc.bad_chunks == 1
     assert got.chosen.shape == (2,) and got.top.shape == (2, 1)
+
+
+def test_stream_chunk_with_an_invalid_utf8_token_is_counted_and_skipped() -> None:
+    obj = {
+        "model": "m",
+        "choices": [{"index": 0, "message": {"content": "ab"}, "finish_reason": "stop"}],
+    }
+    events = _stream_events(obj, "chat")
+    good = b'{"content":[{"token":"a","logprob":-0.5,"top_logprobs":[]}]}'
+    bad = b'{"content":[{"token":"\xff","logprob":-0.5,"top_logprobs":[]}]}'
+    chunk = b'{"model":"m","choices":[{"index":0,"delta":{"content":"a"},"logprobs":%s}]}'
+    events[1:1] = [chunk % good, chunk % bad]
+    sc = StreamCapture("chat", k=1)
+    assert all(sc.feed(payload).ok for payload in events)
+    got = sc.result()
+    assert got.tokens == ["a"] and sc.bad_chunks == 1
 
 
 def test_raw_spans_are_views_not_copies() -> None:

@@ -1,0 +1,699 @@
+/*
+ * One pass over a chat response's "logprobs" value, straight into the arrays
+ * the proxy needs: monitor.proxy.capture's optional native fast path.
+ *
+ * Why hand-written: on the proxy's critical path (before the response headers,
+ * which carry the confidence) msgspec built ~1,400 small objects per 200-token
+ * top-5 answer only for numpy to flatten them again; with the caches cold after
+ * every wait for the upstream that was most of the sidecar's added latency
+ * (docs/benchmarks.md, sixth session). No JSON library fills typed arrays from
+ * nested objects without building those objects. This scanner builds none but
+ * the chosen tokens' strings.
+ *
+ * Contract (tested against the pure-Python path in tests/proxy/test_native_scan.py):
+ * scan_chat(buf, start, k, decode) parses exactly one JSON object at buf[start]
+ * and returns (end, tokens, chosen, top, rank), the same values
+ * capture.logprob_arrays computes from the msgspec decode, as float32 / int8
+ * bytearrays, or None whenever it is not sure: any JSON it does not fully
+ * validate, a type msgspec would reject, a duplicate key, a null logprob, a
+ * number that is not finite, a nesting deeper than MAX_DEPTH. None means
+ * "use the Python path", never "invalid": the scanner accepts a subset of
+ * what msgspec accepts. `decode` (msgspec.json.decode) turns escaped string
+ * literals into str, so no JSON unescaping is written here.
+ */
+#define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <float.h>
+#include <locale.h>
+#include <stdlib.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define SENTINEL (-9999.0f) /* vLLM's stand-in for -inf */
+#define MAX_DEPTH 64
+#define MAX_NUMBER 64
+
+typedef struct {
+    const char *p;
+    const char *end;
+} Cursor;
+
+typedef struct { /* a string literal: the bytes between the quotes */
+    const char *s;
+    Py_ssize_t len;
+    int escaped;
+} Str;
+
+typedef struct { /* one alternative of a position's top_logprobs */
+    float lp;
+    Str token;
+} Alt;
+
+typedef struct {
+    Str token;
+    float lp;
+    Py_ssize_t first_alt; /* index into the flat alternatives */
+    Py_ssize_t n_alts;
+} Row;
+
+typedef struct {
+    Row *rows;
+    Py_ssize_t n_rows, cap_rows;
+    Alt *alts;
+    Py_ssize_t n_alts, cap_alts;
+} Parsed;
+
+static const Str EMPTY = {"", 0, 0};
+static locale_t c_locale; /* strtod in the C locale, whatever the process set */
+
+/* Bytes that end the plain run of a string literal: the quote, a backslash,
+ * control characters. */
+static unsigned char STRING_STOP[256];
+static unsigned char IS_WS[256];
+
+static inline void skip_ws(Cursor *c) {
+    const char *p = c->p, *e = c->end;
+    while (p < e && IS_WS[(unsigned char)*p]) p++;
+    c->p = p;
+}
+
+static inline int hex4(const char *p) {
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char ch = p[i];
+        v <<= 4;
+        if (ch >= '0' && ch <= '9') v |= ch - '0';
+        else if (ch >= 'a' && ch <= 'f') v |= ch - 'a' + 10;
+        else if (ch >= 'A' && ch <= 'F') v |= ch - 'A' + 10;
+        else return -1;
+    }
+    return v;
+}
+
+/* A string literal at c->p (an opening quote). Validates escapes and control
+ * characters; UTF-8 is validated where a string is decoded (Python does it). */
+static inline int scan_string(Cursor *c, Str *out) {
+    const char *p = c->p, *e = c->end;
+    if (p >= e || *p != '"') return 0;
+    const char *s = ++p;
+    int escaped = 0;
+    for (;;) {
+        while (p < e && !STRING_STOP[(unsigned char)*p]) p++;
+        if (p >= e) return 0;
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '"') break;
+        if (ch < 0x20) return 0;
+        escaped = 1; /* a backslash */
+        if (e - p < 2) return 0;
+        ch = (unsigned char)p[1];
+        if (ch == 'u') {
+            if (e - p < 6) return 0;
+            int v = hex4(p + 2);
+            if (v < 0) return 0;
+            p += 6;
+            if (v >= 0xDC00 && v <= 0xDFFF) return 0; /* lone low surrogate */
+            if (v >= 0xD800 && v <= 0xDBFF) {         /* must pair with a low one */
+                if (e - p < 6 || p[0] != '\\' || p[1] != 'u') return 0;
+                int lo = hex4(p + 2);
+                if (lo < 0xDC00 || lo > 0xDFFF) return 0;
+                p += 6;
+            }
+        } else if (ch != '\0' && strchr("\"\\/bfnrt", ch) != NULL) {
+            p += 2;
+        } else {
+            return 0;
+        }
+    }
+    out->s = s;
+    out->len = p - s;
+    out->escaped = escaped;
+    c->p = p + 1;
+    return 1;
+}
+
+/* JSON number grammar at c->p: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+static inline int skip_number(Cursor *c) {
+    const char *p = c->p, *e = c->end;
+    if (p < e && *p == '-') p++;
+    if (p >= e) return 0;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') while (p < e && *p >= '0' && *p <= '9') p++;
+    else return 0;
+    if (p < e && *p == '.') {
+        p++;
+        if (p >= e || *p < '0' || *p > '9') return 0;
+        while (p < e && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < e && (*p == '+' || *p == '-')) p++;
+        if (p >= e || *p < '0' || *p > '9') return 0;
+        while (p < e && *p >= '0' && *p <= '9') p++;
+    }
+    c->p = p;
+    return 1;
+}
+
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                               1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                               1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* The float32 a number rounds to through float64 (what numpy's cast of
+ * msgspec's float gives): w * 10^exp in float64 arithmetic is within ~1 ulp of
+ * the exact value (10^exp is exact up to 1e22), so where that lands more than
+ * a few ulps from a float32 rounding midpoint, the correctly rounded double
+ * rounds to the same float32. Anything else (long significands, large
+ * exponents, near a midpoint) goes through strtod, correctly rounded. */
+static int number_value(const char *s, Py_ssize_t len, float *out) {
+    const char *p = s, *e = s + len;
+    int neg = 0, exact = 1, sig = 0;
+    long exp10 = 0;
+    uint64_t w = 0;
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    for (; p < e && *p >= '0' && *p <= '9'; p++) {
+        if (w == 0 && *p == '0') continue;
+        if (sig++ < 19) w = w * 10 + (uint64_t)(*p - '0');
+        else exact = 0;
+    }
+    if (p < e && *p == '.')
+        for (p++; p < e && *p >= '0' && *p <= '9'; p++) {
+            exp10--;
+            if (w == 0 && *p == '0') continue;
+            if (sig++ < 19) w = w * 10 + (uint64_t)(*p - '0');
+            else exact = 0;
+        }
+    if (p < e) { /* exponent */
+        int eneg = 0;
+        long ev = 0;
+        p++;
+        if (*p == '+' || *p == '-') eneg = *p++ == '-';
+        for (; p < e; p++)
+            if (ev < 100000) ev = ev * 10 + (*p - '0');
+        exp10 += eneg ? -ev : ev;
+    }
+    if (exact && exp10 >= -22 && exp10 <= 22) {
+        double d = (double)w;
+        d = exp10 < 0 ? d / POW10[-exp10] : d * POW10[exp10];
+        if (d <= 1e38) {
+            float f = (float)d;
+            double up = ((double)f + (double)nextafterf(f, INFINITY)) * 0.5;
+            double down = ((double)f + (double)nextafterf(f, -INFINITY)) * 0.5;
+            double margin = d * 1e-15; /* ~4.5 ulps of d */
+            if (d - down > margin && up - d > margin) {
+                *out = neg ? -f : f;
+                return 1;
+            }
+        }
+    }
+    char buf[MAX_NUMBER + 1];
+    if (len > MAX_NUMBER) return 0;
+    memcpy(buf, s, (size_t)len);
+    buf[len] = '\0';
+    char *stop = NULL;
+    double v = strtod_l(buf, &stop, c_locale);
+    /* beyond float32's range numpy would give inf: leave that to the Python path */
+    if (stop != buf + len || !(fabs(v) <= FLT_MAX)) return 0;
+    *out = (float)v;
+    return 1;
+}
+
+static int scan_number(Cursor *c, float *value) {
+    const char *s = c->p;
+    return skip_number(c) && number_value(s, c->p - s, value);
+}
+
+static int scan_literal(Cursor *c, const char *word, Py_ssize_t len) {
+    if (c->end - c->p < len || memcmp(c->p, word, len) != 0) return 0;
+    c->p += len;
+    return 1;
+}
+
+static int skip_value(Cursor *c, int depth);
+
+/* An array of integers in compact form (vLLM's "bytes" of every token, a third
+ * of a body) in one tight loop, c->p just past the '['. 0 leaves c->p where it
+ * was, for the generic path: spaces, fractions, anything else. */
+static int skip_int_array(Cursor *c) {
+    const char *p = c->p, *e = c->end;
+    if (p < e && *p == ']') {
+        c->p = p + 1;
+        return 1;
+    }
+    for (;;) {
+        if (p < e && *p == '-') p++;
+        if (p >= e) return 0;
+        if (*p == '0') p++;
+        else if (*p >= '1' && *p <= '9')
+            for (p++; p < e && *p >= '0' && *p <= '9';) p++;
+        else return 0;
+        if (p >= e) return 0;
+        if (*p == ',') p++;
+        else if (*p == ']') {
+            c->p = p + 1;
+            return 1;
+        } else return 0;
+    }
+}
+
+/* Walks the members of an object or array (c->p just past the opener). */
+static int skip_container(Cursor *c, int depth, char close, int is_object) {
+    skip_ws(c);
+    if (c->p < c->end && *c->p == close) {
+        c->p++;
+        return 1;
+    }
+    for (;;) {
+        if (is_object) {
+            Str key;
+            skip_ws(c);
+            if (!scan_string(c, &key)) return 0;
+            skip_ws(c);
+            if (c->p >= c->end || *c->p != ':') return 0;
+            c->p++;
+        }
+        if (!skip_value(c, depth + 1)) return 0;
+        skip_ws(c);
+        if (c->p >= c->end) return 0;
+        if (*c->p == ',') {
+            c->p++;
+            continue;
+        }
+        if (*c->p == close) {
+            c->p++;
+            return 1;
+        }
+        return 0;
+    }
+}
+
+static int skip_value(Cursor *c, int depth) {
+    Str ignored;
+    if (depth > MAX_DEPTH) return 0;
+    skip_ws(c);
+    if (c->p >= c->end) return 0;
+    switch (*c->p) {
+    case '"':
+        return scan_string(c, &ignored);
+    case '{':
+        c->p++;
+        return skip_container(c, depth, '}', 1);
+    case '[':
+        c->p++;
+        return skip_int_array(c) || skip_container(c, depth, ']', 0);
+    case 't':
+        return scan_literal(c, "true", 4);
+    case 'f':
+        return scan_literal(c, "false", 5);
+    case 'n':
+        return scan_literal(c, "null", 4);
+    default:
+        return skip_number(c);
+    }
+}
+
+static inline int key_is(const Str *key, const char *name, Py_ssize_t len) {
+    return !key->escaped && key->len == len && memcmp(key->s, name, len) == 0;
+}
+
+/* Object iteration: 1 and the key with c->p at its value, 0 at the closing
+ * brace, -1 on invalid JSON. `first` is set by the caller to 1 before the loop. */
+static int next_key(Cursor *c, Str *key, int *first) {
+    skip_ws(c);
+    if (c->p >= c->end) return -1;
+    if (*first) {
+        *first = 0;
+        if (*c->p == '}') {
+            c->p++;
+            return 0;
+        }
+    } else if (*c->p == '}') {
+        c->p++;
+        return 0;
+    } else if (*c->p == ',') {
+        c->p++;
+        skip_ws(c);
+    } else {
+        return -1;
+    }
+    if (!scan_string(c, key)) return -1;
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != ':') return -1;
+    c->p++;
+    skip_ws(c);
+    return 1;
+}
+
+/* Array iteration, same convention: 1 with c->p at the next element. */
+static int next_element(Cursor *c, int *first) {
+    skip_ws(c);
+    if (c->p >= c->end) return -1;
+    if (*c->p == ']') {
+        c->p++;
+        return 0;
+    }
+    if (*first) {
+        *first = 0;
+        return 1;
+    }
+    if (*c->p != ',') return -1;
+    c->p++;
+    skip_ws(c);
+    return 1;
+}
+
+static int is_null(Cursor *c) {
+    if (c->end - c->p >= 4 && memcmp(c->p, "null", 4) == 0) {
+        c->p += 4;
+        return 1;
+    }
+    return 0;
+}
+
+static int grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t size) {
+    if (need <= *cap) return 1;
+    Py_ssize_t cap2 = *cap ? *cap * 2 : 256;
+    while (cap2 < need) cap2 *= 2;
+    void *p = PyMem_Realloc(*buf, (size_t)cap2 * size);
+    if (p == NULL) return 0;
+    *buf = p;
+    *cap = cap2;
+    return 1;
+}
+
+/* {"token": str, "logprob": number, ...}: the fields both levels share.
+ * Returns 1, 0 (not sure: decline) or -1 (memory error). `row` non-NULL:
+ * this is a position, whose "top_logprobs" are appended to `out`. */
+static int scan_entry(Cursor *c, Str *token, float *lp, Parsed *out, Row *row) {
+    Str key;
+    int first = 1, r, seen_token = 0, seen_lp = 0, seen_top = 0;
+    *token = EMPTY;
+    *lp = SENTINEL;
+    if (c->p >= c->end || *c->p != '{') return 0;
+    c->p++;
+    while ((r = next_key(c, &key, &first)) == 1) {
+        if (key_is(&key, "token", 5)) {
+            if (seen_token++ || !scan_string(c, token)) return 0;
+        } else if (key_is(&key, "logprob", 7)) {
+            if (seen_lp++ || !scan_number(c, lp)) return 0;
+        } else if (row != NULL && key_is(&key, "top_logprobs", 12)) {
+            if (seen_top++) return 0;
+            if (is_null(c)) continue;
+            if (c->p >= c->end || *c->p != '[') return 0;
+            c->p++;
+            int efirst = 1, e;
+            while ((e = next_element(c, &efirst)) == 1) {
+                if (!grow((void **)&out->alts, &out->cap_alts, out->n_alts + 1, sizeof(Alt)))
+                    return -1;
+                Alt *alt = &out->alts[out->n_alts];
+                int ok = scan_entry(c, &alt->token, &alt->lp, NULL, NULL);
+                if (ok != 1) return ok;
+                out->n_alts++;
+                row->n_alts++;
+            }
+            if (e < 0) return 0;
+        } else if (key.escaped) {
+            return 0; /* an escaped key might spell one of ours */
+        } else if (!skip_value(c, 3)) {
+            return 0;
+        }
+    }
+    return r == 0;
+}
+
+/* {"content": [entries] | null, ...} */
+static int scan_logprobs(Cursor *c, Parsed *out) {
+    Str key;
+    int first = 1, r, seen_content = 0;
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != '{') return 0;
+    c->p++;
+    while ((r = next_key(c, &key, &first)) == 1) {
+        if (key_is(&key, "content", 7)) {
+            if (seen_content++) return 0;
+            if (is_null(c)) continue;
+            if (c->p >= c->end || *c->p != '[') return 0;
+            c->p++;
+            int efirst = 1, e;
+            while ((e = next_element(c, &efirst)) == 1) {
+                if (!grow((void **)&out->rows, &out->cap_rows, out->n_rows + 1, sizeof(Row)))
+                    return -1;
+                Row *row = &out->rows[out->n_rows];
+                row->first_alt = out->n_alts;
+                row->n_alts = 0;
+                int ok = scan_entry(c, &row->token, &row->lp, out, row);
+                if (ok != 1) return ok;
+                out->n_rows++;
+            }
+            if (e < 0) return 0;
+        } else if (key.escaped) {
+            return 0;
+        } else if (!skip_value(c, 1)) {
+            return 0;
+        }
+    }
+    return r == 0;
+}
+
+/* The string a literal stands for: new reference, or NULL with no error set
+ * when it is not valid (the caller declines). */
+static PyObject *decode_str(const Str *s, PyObject *decode) {
+    PyObject *value;
+    if (!s->escaped) {
+        value = PyUnicode_DecodeUTF8(s->s, s->len, NULL);
+    } else {
+        PyObject *literal = PyBytes_FromStringAndSize(s->s - 1, s->len + 2);
+        if (literal == NULL) return NULL;
+        value = PyObject_CallOneArg(decode, literal);
+        Py_DECREF(literal);
+    }
+    if (value != NULL && !PyUnicode_Check(value)) Py_CLEAR(value);
+    if (value == NULL && !PyErr_ExceptionMatches(PyExc_MemoryError)) PyErr_Clear();
+    return value;
+}
+
+/* Token-string equality for the rows numbers do not settle: 1, 0, or -1 when
+ * a literal is not a valid string (decline). Unescaped literals compare as
+ * bytes; their UTF-8 is checked afterwards, with every other alternative's
+ * (see build_result). */
+static int same_token(const Str *a, const Str *b, PyObject *decode) {
+    if (!a->escaped && !b->escaped) return a->len == b->len && memcmp(a->s, b->s, a->len) == 0;
+    PyObject *sa = decode_str(a, decode), *sb = NULL;
+    int eq = -1;
+    if (sa != NULL && (sb = decode_str(b, decode)) != NULL)
+        eq = PyUnicode_Compare(sa, sb) == 0;
+    Py_XDECREF(sa);
+    Py_XDECREF(sb);
+    return eq;
+}
+
+/* Every alternative's token is a valid string: what the Python path checks
+ * (by decoding them all) as soon as one row needs token strings. 1, or 0. */
+static int alternatives_valid(const Parsed *in, PyObject *decode) {
+    for (Py_ssize_t j = 0; j < in->n_alts; j++) {
+        PyObject *s = decode_str(&in->alts[j].token, decode);
+        if (s == NULL) return 0;
+        Py_DECREF(s);
+    }
+    return 1;
+}
+
+/* One position's (top row, rank), the rules of capture._arrays applied per row:
+ * the chosen token's column is found by its logprob where exactly one
+ * alternative holds it above the row's lowest value (or the row is longer
+ * than K), by token string otherwise; sentinels become -inf; a stable sort
+ * descending; cut or padded to K. Returns 1, 2 when token strings were
+ * compared, or -1 to decline. */
+static int finish_row(const Row *row, Alt *alts, Py_ssize_t k, float *top, signed char *rank,
+                      PyObject *decode, unsigned char *eq) {
+    Py_ssize_t n = row->n_alts, j;
+    int compared = 0;
+    float chosen = row->lp;
+    for (j = 0; j < k; j++) top[j] = -INFINITY;
+    *rank = -1;
+    if (n == 0) return 1;
+    float lowest = INFINITY;
+    Py_ssize_t matches = 0;
+    for (j = 0; j < n; j++) {
+        if (alts[j].lp < lowest) lowest = alts[j].lp;
+        eq[j] = alts[j].lp == chosen;
+        matches += eq[j];
+    }
+    int at_lowest = !(chosen > lowest) && n <= k;
+    if (matches != 1 || at_lowest || !(chosen > SENTINEL)) {
+        compared = 1;
+        for (j = 0; j < n; j++) {
+            int same = same_token(&alts[j].token, &row->token, decode);
+            if (same < 0) return -1;
+            eq[j] = (unsigned char)same;
+        }
+    }
+    for (j = 0; j < n; j++)
+        if (alts[j].lp <= SENTINEL) alts[j].lp = -INFINITY;
+    for (j = 1; j < n; j++) { /* stable insertion sort, descending (rows are ~K+1 long) */
+        Alt a = alts[j];
+        unsigned char e = eq[j];
+        Py_ssize_t i = j;
+        while (i > 0 && alts[i - 1].lp < a.lp) {
+            alts[i] = alts[i - 1];
+            eq[i] = eq[i - 1];
+            i--;
+        }
+        alts[i] = a;
+        eq[i] = e;
+    }
+    Py_ssize_t keep = n < k ? n : k;
+    for (j = 0; j < keep; j++) top[j] = alts[j].lp;
+    for (j = 0; j < keep; j++)
+        if (eq[j]) {
+            *rank = (signed char)j;
+            break;
+        }
+    return 1 + compared;
+}
+
+static PyObject *build_result(Parsed *in, Py_ssize_t k, Py_ssize_t end, PyObject *decode) {
+    Py_ssize_t n = in->n_rows, i, widest = 0;
+    PyObject *tokens = PyList_New(n);
+    PyObject *chosen = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(float));
+    PyObject *top = PyByteArray_FromStringAndSize(NULL, n * k * (Py_ssize_t)sizeof(float));
+    PyObject *rank = PyByteArray_FromStringAndSize(NULL, n);
+    unsigned char *eq = NULL;
+    PyObject *result = NULL;
+    if (tokens == NULL || chosen == NULL || top == NULL || rank == NULL) goto done;
+    for (i = 0; i < n; i++)
+        if (in->rows[i].n_alts > widest) widest = in->rows[i].n_alts;
+    eq = PyMem_Malloc(widest ? (size_t)widest : 1);
+    if (eq == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    float *chosen_p = (float *)PyByteArray_AS_STRING(chosen);
+    float *top_p = (float *)PyByteArray_AS_STRING(top);
+    signed char *rank_p = (signed char *)PyByteArray_AS_STRING(rank);
+    int compared = 0;
+    for (i = 0; i < n; i++) {
+        Row *row = &in->rows[i];
+        PyObject *token = decode_str(&row->token, decode);
+        if (token == NULL) goto decline_or_error;
+        PyList_SET_ITEM(tokens, i, token);
+        chosen_p[i] = row->lp;
+        int finished = finish_row(row, in->alts + row->first_alt, k, top_p + i * k, rank_p + i,
+                                  decode, eq);
+        if (finished < 0) goto decline_or_error;
+        compared |= finished == 2;
+    }
+    if (compared && !alternatives_valid(in, decode)) goto decline_or_error;
+    result = Py_BuildValue("nOOOO", end, tokens, chosen, top, rank);
+    goto done;
+decline_or_error:
+    if (!PyErr_Occurred()) result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(eq);
+    Py_XDECREF(tokens);
+    Py_XDECREF(chosen);
+    Py_XDECREF(top);
+    Py_XDECREF(rank);
+    return result;
+}
+
+static PyObject *scan_chat(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer view;
+    Py_ssize_t start, k;
+    PyObject *decode, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*nnO:scan_chat", &view, &start, &k, &decode)) return NULL;
+    Parsed parsed = {0};
+    if (start < 0 || start > view.len || k < 1 || k > 127) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Cursor c = {(const char *)view.buf + start, (const char *)view.buf + view.len};
+    int ok = scan_logprobs(&c, &parsed);
+    if (ok < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (ok == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = build_result(&parsed, k, c.p - (const char *)view.buf, decode);
+done:
+    PyMem_Free(parsed.rows);
+    PyMem_Free(parsed.alts);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* log p_T(chosen) per position: monitor.calibration.aggregation.token_logprobs
+ * (the fitter's vectorised numpy version) for one response, without its ~15
+ * numpy calls' overhead. Same float64 operations in the same order; exp and
+ * log may differ from numpy's in the last bit. The set renormalised over: the
+ * K alternatives with the chosen token's own logprob in its column, plus the
+ * chosen token when it is outside the top-K (rank -1); -inf entries drop out. */
+static PyObject *token_logprobs(PyObject *module, PyObject *args) {
+    Py_buffer chosen, top, rank;
+    Py_ssize_t k;
+    double t;
+    PyObject *out = NULL;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y*y*nd:token_logprobs", &chosen, &top, &rank, &k, &t))
+        return NULL;
+    Py_ssize_t n = chosen.len / (Py_ssize_t)sizeof(float);
+    if (k < 1 || !(t > 0) || chosen.len != n * (Py_ssize_t)sizeof(float) ||
+        top.len != n * k * (Py_ssize_t)sizeof(float) || rank.len != n) {
+        PyErr_SetString(PyExc_ValueError, "token_logprobs: shapes or temperature do not fit");
+        goto done;
+    }
+    out = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(double));
+    if (out == NULL) goto done;
+    const float *c = chosen.buf, *tp = top.buf;
+    const signed char *r = rank.buf;
+    double *o = (double *)PyByteArray_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const float *row = tp + i * k;
+        double own = (double)c[i] / t, m = -INFINITY, sum = 0.0;
+        for (Py_ssize_t j = 0; j < k; j++) {
+            double v = j == r[i] ? own : (double)row[j] / t;
+            if (v > m) m = v;
+        }
+        double extra = r[i] < 0 || r[i] >= k ? own : -INFINITY;
+        if (extra > m) m = extra;
+        if (!isfinite(m)) m = 0.0;
+        for (Py_ssize_t j = 0; j < k; j++) sum += exp((j == r[i] ? own : (double)row[j] / t) - m);
+        sum += exp(extra - m);
+        o[i] = own - (m + log(sum));
+    }
+done:
+    PyBuffer_Release(&chosen);
+    PyBuffer_Release(&top);
+    PyBuffer_Release(&rank);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"scan_chat", scan_chat, METH_VARARGS,
+     "scan_chat(buf, start, k, decode) -> (end, tokens, chosen, top, rank) | None"},
+    {"token_logprobs", token_logprobs, METH_VARARGS,
+     "token_logprobs(chosen, top, rank, k, temperature) -> float64 bytearray"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_logprob_scan",
+    "Native one-pass scan of chat logprobs into arrays (see capture.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__logprob_scan(void) {
+    for (int i = 0; i < 0x20; i++) STRING_STOP[i] = 1;
+    STRING_STOP['"'] = STRING_STOP['\\'] = 1;
+    IS_WS[' '] = IS_WS['\t'] = IS_WS['\n'] = IS_WS['\r'] = 1;
+    c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+    if (c_locale == (locale_t)0) return PyErr_NoMemory();
+    return PyModule_Create(&module);
+}
