@@ -159,57 +159,127 @@ static inline int skip_number(Cursor *c) {
 static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+/* 10^-k rounded to double: one more half-ulp of error than dividing by 10^k,
+ * well inside the margin below, and a multiply instead of a division. */
+static const double NEG_POW10[] = {1e0,   1e-1,  1e-2,  1e-3,  1e-4,  1e-5,  1e-6,  1e-7,
+                                   1e-8,  1e-9,  1e-10, 1e-11, 1e-12, 1e-13, 1e-14, 1e-15,
+                                   1e-16, 1e-17, 1e-18, 1e-19, 1e-20, 1e-21, 1e-22};
 
-/* The float32 a number rounds to through float64 (what numpy's cast of
- * msgspec's float gives): w * 10^exp in float64 arithmetic is within ~1 ulp of
- * the exact value (10^exp is exact up to 1e22), so where that lands more than
- * a few ulps from a float32 rounding midpoint, the correctly rounded double
- * rounds to the same float32. Anything else (long significands, large
- * exponents, near a midpoint) goes through strtod, correctly rounded. */
-static int number_value(const char *s, Py_ssize_t len, float *out) {
-    const char *p = s, *e = s + len;
+/* Eight ASCII digits at p (little-endian load) as their value, or -1 when any
+ * of the eight is not a digit. Logprobs carry ~16 fraction digits; a
+ * digit-at-a-time loop was most of the scan. Each byte minus '0' must be 0..9:
+ * no borrow out of a byte and no byte above 9 (adding 6 keeps it below 16). The
+ * value: adjacent digits paired (d0*10 + d1) by one multiply, pairs into fours
+ * and fours into the eight by two more. */
+static inline int64_t eight_digits(const char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    uint64_t d = v - 0x3030303030303030ULL;
+    if (((v & 0xF0F0F0F0F0F0F0F0ULL) != 0x3030303030303030ULL) ||
+        ((d + 0x0606060606060606ULL) & 0xF0F0F0F0F0F0F0F0ULL))
+        return -1;
+    d = (d * 10 + (d >> 8)) & 0x00FF00FF00FF00FFULL;      /* 4 x two-digit values */
+    d = (d * 100 + (d >> 16)) & 0x0000FFFF0000FFFFULL;    /* 2 x four-digit values */
+    return (int64_t)((d * 10000 + (d >> 32)) & 0xFFFFFFFFULL); /* the eight digits */
+}
+
+/* The float32 next to f towards +inf and -inf (f finite, not NaN), without
+ * libm calls: float bit patterns are ordered like their magnitudes. */
+static inline void float_neighbours(float f, float *up, float *down) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7FFFFFFFu) == 0) { /* +-0 */
+        uint32_t tiny = 1, neg_tiny = 0x80000001u;
+        memcpy(up, &tiny, 4);
+        memcpy(down, &neg_tiny, 4);
+        return;
+    }
+    uint32_t away = bits + 1, towards = bits - 1;
+    if (bits & 0x80000000u) { /* negative: away from zero is down */
+        memcpy(down, &away, 4);
+        memcpy(up, &towards, 4);
+    } else {
+        memcpy(up, &away, 4);
+        memcpy(down, &towards, 4);
+    }
+}
+
+/* A number at c->p, validated as skip_number does, and the float32 it rounds
+ * to through float64 (what numpy's cast of msgspec's float gives), in one pass.
+ * w * 10^exp in float64 arithmetic is within ~1.5 ulps of the exact value
+ * (10^exp is exact up to 1e22, 10^-exp within half an ulp), so where that
+ * lands more than a few ulps from a float32 rounding midpoint, the correctly
+ * rounded double rounds to the same float32. Anything else (long significands,
+ * large exponents, near a midpoint) goes through strtod, correctly rounded. */
+static int scan_number(Cursor *c, float *out) {
+    const char *s = c->p, *p = c->p, *e = c->end;
     int neg = 0, exact = 1, sig = 0;
     long exp10 = 0;
     uint64_t w = 0;
-    if (*p == '-') {
+    if (p < e && *p == '-') {
         neg = 1;
         p++;
     }
-    for (; p < e && *p >= '0' && *p <= '9'; p++) {
-        if (w == 0 && *p == '0') continue;
-        if (sig++ < 19) w = w * 10 + (uint64_t)(*p - '0');
-        else exact = 0;
-    }
-    if (p < e && *p == '.')
-        for (p++; p < e && *p >= '0' && *p <= '9'; p++) {
-            exp10--;
-            if (w == 0 && *p == '0') continue;
+    if (p >= e) return 0;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9')
+        for (; p < e && *p >= '0' && *p <= '9'; p++) {
             if (sig++ < 19) w = w * 10 + (uint64_t)(*p - '0');
-            else exact = 0;
+            else exact = 0, exp10++;
         }
-    if (p < e) { /* exponent */
+    else return 0;
+    if (p < e && *p == '.') {
+        const char *fraction = ++p;
+        if (w == 0) /* leading zeros of a fraction are not significant */
+            for (; p < e && *p == '0'; p++) exp10--;
+        int64_t eight;
+        while (e - p >= 8 && sig <= 11 && (eight = eight_digits(p)) >= 0) {
+            w = w * 100000000ULL + (uint64_t)eight;
+            sig += 8;
+            exp10 -= 8;
+            p += 8;
+        }
+        for (; p < e && *p >= '0' && *p <= '9'; p++) {
+            if (w == 0 && *p == '0') {
+                exp10--;
+                continue;
+            }
+            if (sig++ < 19) {
+                w = w * 10 + (uint64_t)(*p - '0');
+                exp10--;
+            } else {
+                exact = 0;
+            }
+        }
+        if (p == fraction) return 0;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
         int eneg = 0;
         long ev = 0;
         p++;
-        if (*p == '+' || *p == '-') eneg = *p++ == '-';
-        for (; p < e; p++)
+        if (p < e && (*p == '+' || *p == '-')) eneg = *p++ == '-';
+        const char *digits = p;
+        for (; p < e && *p >= '0' && *p <= '9'; p++)
             if (ev < 100000) ev = ev * 10 + (*p - '0');
+        if (p == digits) return 0;
         exp10 += eneg ? -ev : ev;
     }
+    c->p = p;
     if (exact && exp10 >= -22 && exp10 <= 22) {
-        double d = (double)w;
-        d = exp10 < 0 ? d / POW10[-exp10] : d * POW10[exp10];
+        double d = (double)w * (exp10 < 0 ? NEG_POW10[-exp10] : POW10[exp10]);
         if (d <= 1e38) {
-            float f = (float)d;
-            double up = ((double)f + (double)nextafterf(f, INFINITY)) * 0.5;
-            double down = ((double)f + (double)nextafterf(f, -INFINITY)) * 0.5;
+            float f = (float)d, up, down;
+            float_neighbours(f, &up, &down);
+            double mid_up = ((double)f + (double)up) * 0.5;
+            double mid_down = ((double)f + (double)down) * 0.5;
             double margin = d * 1e-15; /* ~4.5 ulps of d */
-            if (d - down > margin && up - d > margin) {
+            if (d - mid_down > margin && mid_up - d > margin) {
                 *out = neg ? -f : f;
                 return 1;
             }
         }
     }
+    Py_ssize_t len = p - s;
     char buf[MAX_NUMBER + 1];
     if (len > MAX_NUMBER) return 0;
     memcpy(buf, s, (size_t)len);
@@ -220,11 +290,6 @@ static int number_value(const char *s, Py_ssize_t len, float *out) {
     if (stop != buf + len || !(fabs(v) <= FLT_MAX)) return 0;
     *out = (float)v;
     return 1;
-}
-
-static int scan_number(Cursor *c, float *value) {
-    const char *s = c->p;
-    return skip_number(c) && number_value(s, c->p - s, value);
 }
 
 static int scan_literal(Cursor *c, const char *word, Py_ssize_t len) {
@@ -495,7 +560,12 @@ static int same_token(const Str *a, const Str *b, PyObject *decode) {
  * (by decoding them all) as soon as one row needs token strings. 1, or 0. */
 static int alternatives_valid(const Parsed *in, PyObject *decode) {
     for (Py_ssize_t j = 0; j < in->n_alts; j++) {
-        PyObject *s = decode_str(&in->alts[j].token, decode);
+        const Str *token = &in->alts[j].token;
+        Py_ssize_t i = 0;
+        if (!token->escaped) /* plain ASCII is valid as it is */
+            while (i < token->len && (unsigned char)token->s[i] < 0x80) i++;
+        if (i == token->len && !token->escaped) continue;
+        PyObject *s = decode_str(token, decode);
         if (s == NULL) return 0;
         Py_DECREF(s);
     }
@@ -556,7 +626,11 @@ static int finish_row(const Row *row, Alt *alts, Py_ssize_t k, float *top, signe
     return 1 + compared;
 }
 
-static PyObject *build_result(Parsed *in, Py_ssize_t k, Py_ssize_t end, PyObject *decode) {
+/* (end, tokens, chosen, top, rank) of what scan_logprobs parsed, or None.
+ * `check_all`: every alternative's token must be a valid string even where no
+ * row compares them (the stream path's Python decode checks them all). */
+static PyObject *build_result(Parsed *in, Py_ssize_t k, Py_ssize_t end, PyObject *decode,
+                              int check_all) {
     Py_ssize_t n = in->n_rows, i, widest = 0;
     PyObject *tokens = PyList_New(n);
     PyObject *chosen = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(float));
@@ -587,7 +661,7 @@ static PyObject *build_result(Parsed *in, Py_ssize_t k, Py_ssize_t end, PyObject
         if (finished < 0) goto decline_or_error;
         compared |= finished == 2;
     }
-    if (compared && !alternatives_valid(in, decode)) goto decline_or_error;
+    if ((compared || check_all) && !alternatives_valid(in, decode)) goto decline_or_error;
     result = Py_BuildValue("nOOOO", end, tokens, chosen, top, rank);
     goto done;
 decline_or_error:
@@ -622,11 +696,45 @@ static PyObject *scan_chat(PyObject *module, PyObject *args) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    result = build_result(&parsed, k, c.p - (const char *)view.buf, decode);
+    result = build_result(&parsed, k, c.p - (const char *)view.buf, decode, 0);
 done:
     PyMem_Free(parsed.rows);
     PyMem_Free(parsed.alts);
     PyBuffer_Release(&view);
+    return result;
+}
+
+/* A stream's chat logprobs, one JSON object per chunk (bytes each), scanned as
+ * one answer: the positions of every chunk in order. None when any chunk is
+ * not sure (the Python path then decodes chunk by chunk and skips the bad). */
+static PyObject *scan_chat_many(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *items, *decode, *result = NULL;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "O!nO:scan_chat_many", &PyList_Type, &items, &k, &decode))
+        return NULL;
+    Parsed parsed = {0};
+    if (k < 1 || k > 127) goto decline;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyBytes_Check(item)) goto decline;
+        const char *buf = PyBytes_AS_STRING(item);
+        Cursor c = {buf, buf + PyBytes_GET_SIZE(item)};
+        int ok = scan_logprobs(&c, &parsed);
+        if (ok < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        skip_ws(&c);
+        if (ok == 0 || c.p != c.end) goto decline;
+    }
+    result = build_result(&parsed, k, 0, decode, 1);
+    goto done;
+decline:
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(parsed.rows);
+    PyMem_Free(parsed.alts);
     return result;
 }
 
@@ -679,6 +787,8 @@ done:
 static PyMethodDef methods[] = {
     {"scan_chat", scan_chat, METH_VARARGS,
      "scan_chat(buf, start, k, decode) -> (end, tokens, chosen, top, rank) | None"},
+    {"scan_chat_many", scan_chat_many, METH_VARARGS,
+     "scan_chat_many(items, k, decode) -> (0, tokens, chosen, top, rank) | None"},
     {"token_logprobs", token_logprobs, METH_VARARGS,
      "token_logprobs(chosen, top, rank, k, temperature) -> float64 bytearray"},
     {NULL, NULL, 0, NULL},

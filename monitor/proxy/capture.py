@@ -295,17 +295,28 @@ def _native_split(
     scanned = _native.scan_chat(body, start, k, msgspec.json.decode)
     if scanned is None:
         return None
-    end, tokens, chosen, top, rank = scanned
-    located = _skeleton(body, start, end)
+    located = _skeleton(body, start, scanned[0])
     if located is None:
         return None
-    arrays = (
+    return located[0], located[1], native_arrays(scanned, k)
+
+
+def native_scanner() -> Any:
+    """The C scanner's module, or None where it was not built (or a test turned it off)."""
+    return _native
+
+
+def native_arrays(
+    scanned: tuple[int, list[str], bytearray, bytearray, bytearray], k: int
+) -> tuple[list[str], F32, F32, I8]:
+    """(tokens, chosen, top, rank) as numpy arrays over the scanner's buffers."""
+    _, tokens, chosen, top, rank = scanned
+    return (
         tokens,
         np.frombuffer(chosen, np.float32),
         np.frombuffer(top, np.float32).reshape(len(tokens), k),
         np.frombuffer(rank, np.int8),
     )
-    return located[0], located[1], arrays
 
 
 def split_body(body: bytes, endpoint: Endpoint) -> tuple[_Envelope, object, list[Span | None]]:

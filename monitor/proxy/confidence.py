@@ -13,8 +13,7 @@ import numpy as np
 
 from monitor.calibration.aggregation import answer_span_positions, token_logprobs
 from monitor.config import ConfidenceMethod, TaskConfig
-from monitor.proxy import capture
-from monitor.proxy.capture import Captured
+from monitor.proxy.capture import Captured, native_scanner
 
 
 def _token_logprobs(
@@ -22,7 +21,7 @@ def _token_logprobs(
 ) -> np.ndarray:
     """`token_logprobs` for one response: the C loop when built (about 10x faster
     here, where the numpy calls' fixed cost dominates), numpy otherwise."""
-    native = capture._native
+    native = native_scanner()
     if (
         native is not None
         and chosen.dtype == np.float32

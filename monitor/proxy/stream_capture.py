@@ -24,6 +24,8 @@ import msgspec
 from monitor.proxy.capture import (
     _DECODE_ERRORS,
     _LOGPROBS_DECODERS,
+    F32,
+    I8,
     Captured,
     CaptureError,
     ChatLogprobs,
@@ -34,6 +36,8 @@ from monitor.proxy.capture import (
     _choice0,
     envelope_spans,
     logprob_arrays,
+    native_arrays,
+    native_scanner,
 )
 
 _MANY: dict[
@@ -137,16 +141,36 @@ class StreamCapture:
             tops = list(lp.top_logprobs or [])
             self._tops.extend(tops + [None] * (len(toks) - len(tops)))
 
+    def _scan_pending(self) -> tuple[list[str], F32, F32, I8] | None:
+        """Chat: every chunk's raw logprobs through the C scanner, in one call.
+
+        None (not built, not chat, something it is unsure of): the Python path,
+        which also finds and skips the chunks that cannot be decoded. The chunks
+        stay pending, so a second `result()` gives the same answer.
+        """
+        k = self.k
+        if self.endpoint != "chat" or native_scanner() is None or self._chat:
+            return None
+        if not self._pending or k is None or not 0 < k < 128:
+            return None
+        scanned = native_scanner().scan_chat_many(self._pending, k, msgspec.json.decode)
+        return None if scanned is None else native_arrays(scanned, k)
+
     def result(self, partial: bool | None = None) -> Captured:
         """The accumulated capture; ``partial`` defaults to "no [DONE] was seen"."""
-        self._decode_pending()
-        lp: object = None
-        if self._saw_logprobs:
-            if self.endpoint == "chat":
-                lp = ChatLogprobs(content=self._chat)
-            else:
-                lp = CompletionLogprobs(self._tokens, self._token_lps, self._tops)
-        tokens, chosen, top, rank = logprob_arrays(lp, self.k)
+        arrays = self._scan_pending()
+        if arrays is not None:
+            self._saw_logprobs = True
+            tokens, chosen, top, rank = arrays
+        else:
+            self._decode_pending()
+            lp: object = None
+            if self._saw_logprobs:
+                if self.endpoint == "chat":
+                    lp = ChatLogprobs(content=self._chat)
+                else:
+                    lp = CompletionLogprobs(self._tokens, self._token_lps, self._tops)
+            tokens, chosen, top, rank = logprob_arrays(lp, self.k)
         return Captured(
             endpoint=self.endpoint,
             model=self.model,

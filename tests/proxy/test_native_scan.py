@@ -28,6 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.proxy import capture as cap
+from monitor.proxy.capture import Captured
+from monitor.proxy.stream_capture import StreamCapture
 from tests.support.fake_upstream import random_response, render_json
 
 _spec = importlib.util.spec_from_file_location(
@@ -1187,3 +1189,102 @@ def test_capture_response_same_with_and_without_scanner(
             assert a.dtype == b.dtype and a.shape == b.shape, field
             assert np.array_equal(a, b), field
     assert calls == [True, True, False]
+
+
+# --- 7. streams: every chunk's logprobs scanned in one call --------------------------
+
+
+def stream_capture(events: list[bytes], k: int, native: bool) -> tuple[StreamCapture, Captured]:
+    saved = cap._native
+    cap._native = saved if native else None
+    try:
+        sc = StreamCapture("chat", k=k)
+        for payload in events:
+            sc.feed(payload)
+        return sc, sc.result()
+    finally:
+        cap._native = saved
+
+
+def assert_same_stream(events: list[bytes], k: int, expect_native: bool | None = None) -> None:
+    sc, got = stream_capture(events, k, native=True)
+    py_sc, want = stream_capture(events, k, native=False)
+    if expect_native is not None:
+        assert (sc._scan_pending() is not None) == expect_native
+    assert_same_arrays(
+        (got.tokens, got.chosen, got.top, got.chosen_rank),
+        (want.tokens, want.chosen, want.top, want.chosen_rank),
+        k,
+    )
+    assert got.has_logprobs == want.has_logprobs and got.text == want.text
+    if sc._scan_pending() is None:  # the Python path answered both: same skipped chunks
+        assert sc.bad_chunks == py_sc.bad_chunks
+
+
+def chunk(logprobs: bytes | str) -> bytes:
+    lp = logprobs.encode() if isinstance(logprobs, str) else logprobs
+    return b'{"choices":[{"index":0,"delta":{"content":"x"},"logprobs":%s}]}' % lp
+
+
+def test_stream_of_random_responses_takes_the_native_path_and_agrees() -> None:
+    rng = random.Random(11)
+    taken = 0
+    for _ in range(150):
+        obj = random_response(rng, "chat", rng.choice([1, 3, 5]))
+        rows = obj["choices"][0].get("logprobs")
+        events = []
+        for entry in (rows or {}).get("content") or []:
+            events.append(
+                orjson.dumps(
+                    {
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"content": "x"},
+                                "logprobs": {"content": [entry]},
+                            }
+                        ]
+                    }
+                )
+            )
+        events.append(b"[DONE]")
+        k = rng.choice([1, 3, 5])
+        assert_same_stream(events, k)
+        sc, _ = stream_capture(events, k, native=True)
+        taken += sc._scan_pending() is not None
+    assert taken > 100
+
+
+def test_stream_of_a_vllm_body_takes_the_native_path() -> None:
+    obj = orjson.loads(responses.chat_body(60, 5, 3))
+    content = obj["choices"][0]["logprobs"]["content"]
+    events = [chunk(orjson.dumps({"content": [e]})) for e in content] + [b"[DONE]"]
+    assert_same_stream(events, 5, expect_native=True)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '{"content":7}',  # another shape: the Python path skips this chunk
+        '{"content":[{"token":"a","logprob":null}]}',
+        b'{"content":[{"token":"a","logprob":-1,"top_logprobs":[{"token":"\xff","logprob":-1}]}]}',
+        '{"content":[{"token":"a","logprob":-1,"top_logprobs":[{"token":7,"logprob":-1}]}]}',
+    ],
+)
+def test_stream_with_a_chunk_the_python_path_skips_is_declined(bad: bytes | str) -> None:
+    good = '{"content":[{"token":"a","logprob":-1,"top_logprobs":[{"token":"a","logprob":-1}]}]}'
+    events = [chunk(good), chunk(bad), chunk(good), b"[DONE]"]
+    assert_same_stream(events, 2, expect_native=False)
+    sc, got = stream_capture(events, 2, native=True)
+    assert sc.bad_chunks == 1 and got.tokens == ["a", "a"]
+
+
+def test_scan_chat_many_rejects_what_is_not_a_list_of_bytes() -> None:
+    many = scanner().scan_chat_many
+    item = b'{"content":[{"token":"a","logprob":-1}]}'
+    assert many([item, item], 2, DECODE)[1] == ["a", "a"]
+    assert many([item, bytearray(item)], 2, DECODE) is None
+    assert many([item + b" x"], 2, DECODE) is None  # trailing bytes after the object
+    assert many([item], 0, DECODE) is None
+    with pytest.raises(TypeError):
+        many((item,), 2, DECODE)
