@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -599,6 +600,18 @@ def running() -> Iterator[Procs]:
         procs.stop_all()
 
 
+def host_speed() -> str:
+    """One fixed piece of CPU work, timed: the load average misses a host whose own
+    neighbours slow it (this one ran the same code 2.3x slower for an hour)."""
+    sys.path.insert(0, str(BENCH))
+    import msgspec
+    import responses
+
+    body = responses.chat_body(200, 5, 0)
+    best = min(timeit.repeat(lambda: msgspec.json.decode(body), number=50, repeat=5)) / 50
+    return f"host speed: msgspec decode of one 98 KB answer {best * 1e6:.0f} us"
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--serve-upstream"]:
         return serve_upstream(sys.argv[2:])
@@ -626,7 +639,7 @@ def main() -> None:
     phases = set(a.only.split(","))
     print(
         f"machine: {os.cpu_count()} CPUs, load average {Path('/proc/loadavg').read_text()[:15]}"
-        f" (start); python {sys.version.split()[0]}"
+        f" (start); python {sys.version.split()[0]}; {host_speed()}"
     )
     with running() as procs, tempfile.TemporaryDirectory(prefix="thermostat-bench-") as tmp:
         home = Path(tmp)
@@ -636,7 +649,7 @@ def main() -> None:
             phase_latency(procs, home, a)
         if "c" in phases:
             phase_stream(procs, home, a)
-    print(f"\nload average {Path('/proc/loadavg').read_text()[:15]} (end)")
+    print(f"\nload average {Path('/proc/loadavg').read_text()[:15]} (end); {host_speed()}")
 
 
 if __name__ == "__main__":

@@ -127,15 +127,33 @@ def in_context(relative: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool
     return not excluded
 
 
+def test_the_api_image_builds_the_c_scanner_and_fails_without_it() -> None:
+    """setup.py's extension is optional (a build without a compiler still works, on the
+    slower Python path); the image must not silently end up there."""
+    steps = [args for instruction, args in chain("api") if instruction == "RUN"]
+    compiler = next(i for i, args in enumerate(steps) if "install" in args and " gcc" in args)
+    install = next(i for i, args in enumerate(steps) if "pip install -e /app" in args)
+    assert compiler < install
+    assert "import monitor.proxy._logprob_scan" in steps[install]
+
+
 def test_build_context_holds_the_source_and_nothing_local() -> None:
     rules = ignore_rules()
-    for wanted in ("pyproject.toml", "README.md", "monitor/cli.py", "migrations/env.py"):
+    for wanted in (
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "monitor/cli.py",
+        "monitor/proxy/_logprob_scan.c",
+        "migrations/env.py",
+    ):
         assert in_context(wanted, rules), wanted
     for unwanted in (
         ".venv/bin/python",
         ".git/HEAD",
         "tests/conftest.py",
         "monitor/__pycache__/x.pyc",
+        "monitor/proxy/_logprob_scan.cpython-311-x86_64-linux-gnu.so",  # built for the host
     ):
         assert not in_context(unwanted, rules), unwanted
     assert in_context("alerts/rules.yaml", rules)
