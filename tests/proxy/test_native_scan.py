@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from monitor.proxy import capture as cap
 from monitor.proxy.capture import Captured
 from monitor.proxy.stream_capture import StreamCapture
-from tests.support.fake_upstream import random_response, render_json
+from tests.support.fake_upstream import random_response, render_json, shuffled
 
 _spec = importlib.util.spec_from_file_location(
     "bench_responses", Path(__file__).resolve().parents[2] / "bench" / "responses.py"
@@ -204,16 +204,6 @@ def raw_body(content_json: str | bytes) -> bytes:
         b'"logprobs":{"content":' + content_json + b'},"finish_reason":"stop"}],'
         b'"usage":{"prompt_tokens":1,"completion_tokens":2}}'
     )
-
-
-def shuffled(obj: Any, rng: random.Random) -> Any:
-    if isinstance(obj, dict):
-        items = list(obj.items())
-        rng.shuffle(items)
-        return {k: shuffled(v, rng) for k, v in items}
-    if isinstance(obj, list):
-        return [shuffled(v, rng) for v in obj]
-    return obj
 
 
 def first_logprobs_is_choice0(obj: dict[str, Any]) -> bool:

@@ -81,19 +81,20 @@ def parse_mode(text: str) -> dict[str, str]:
     return out
 
 
-def _shuffled(obj: Any, rng: random.Random) -> Any:
+def shuffled(obj: Any, rng: random.Random) -> Any:
+    """The same object with every dict's keys in a random order."""
     if isinstance(obj, dict):
         items = list(obj.items())
         rng.shuffle(items)
-        return {k: _shuffled(v, rng) for k, v in items}
+        return {k: shuffled(v, rng) for k, v in items}
     if isinstance(obj, list):
-        return [_shuffled(v, rng) for v in obj]
+        return [shuffled(v, rng) for v in obj]
     return obj
 
 
 def render_json(obj: Any, rng: random.Random) -> bytes:
     """Valid JSON with shuffled key order, random indentation/separators and escaping."""
-    obj = _shuffled(obj, rng)
+    obj = shuffled(obj, rng)
     indent = rng.choice([None, None, 0, 1, 2, "\t"])
     seps = rng.choice([(",", ":"), (", ", ": "), (" ,", " : "), (",\n", ":\t")])
     text = json.dumps(obj, indent=indent, separators=seps, ensure_ascii=rng.random() < 0.5)
