@@ -20,6 +20,13 @@
  * "use the Python path", never "invalid": the scanner accepts a subset of
  * what msgspec accepts. `decode` (msgspec.json.decode) turns escaped string
  * literals into str, so no JSON unescaping is written here.
+ *
+ * Also here: scan_chat_many, the same over a stream's chunks (one logprobs
+ * object each), and token_logprobs, the per-response confidence's loop.
+ *
+ * Portability: strtod_l and newlocale are POSIX 2008 (glibc, musl, macOS);
+ * setup.py builds this module optionally, so a platform without them falls
+ * back to the Python path.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
