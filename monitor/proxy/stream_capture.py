@@ -148,12 +148,12 @@ class StreamCapture:
         which also finds and skips the chunks that cannot be decoded. The chunks
         stay pending, so a second `result()` gives the same answer.
         """
-        k = self.k
-        if self.endpoint != "chat" or native_scanner() is None or self._chat:
+        scanner, k = native_scanner(), self.k
+        if scanner is None or self.endpoint != "chat" or self._chat or not self._pending:
             return None
-        if not self._pending or k is None or not 0 < k < 128:
+        if k is None or not 0 < k < 128:
             return None
-        scanned = native_scanner().scan_chat_many(self._pending, k, msgspec.json.decode)
+        scanned = scanner.scan_chat_many(self._pending, k, msgspec.json.decode)
         return None if scanned is None else native_arrays(scanned, k)
 
     def result(self, partial: bool | None = None) -> Captured:
