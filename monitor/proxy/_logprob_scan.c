@@ -22,7 +22,8 @@
  * literals into str, so no JSON unescaping is written here.
  *
  * Also here: scan_chat_many, the same over a stream's chunks (one logprobs
- * object each), and token_logprobs, the per-response confidence's loop.
+ * object each); window_confidence, the per-response confidence's loop; and
+ * buffer_address, for the spans of msgspec.Raw views.
  *
  * Portability: strtod_l and newlocale are POSIX 2008 (glibc, musl, macOS);
  * setup.py builds this module optionally, so a platform without them falls
@@ -37,6 +38,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__) /* x86-64 always has it; elsewhere the scalar loops do it all */
+#include <emmintrin.h>
+#endif
 
 #define SENTINEL (-9999.0f) /* vLLM's stand-in for -inf */
 #define MAX_DEPTH 64
@@ -86,6 +90,24 @@ static inline void skip_ws(Cursor *c) {
     c->p = p;
 }
 
+/* The first byte at or after p that ends a string literal's plain run, or e. */
+static inline const char *string_run(const char *p, const char *e) {
+#if defined(__SSE2__)
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+    const __m128i control = _mm_set1_epi8(0x1F);
+    while (e - p >= 16) { /* 16 bytes a step: tokens and keys mostly end in the first */
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        __m128i ends = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
+        __m128i stop = _mm_or_si128(ends, _mm_cmpeq_epi8(_mm_min_epu8(v, control), v));
+        unsigned m = (unsigned)_mm_movemask_epi8(stop);
+        if (m) return p + __builtin_ctz(m);
+        p += 16;
+    }
+#endif
+    while (p < e && !STRING_STOP[(unsigned char)*p]) p++;
+    return p;
+}
+
 static inline int hex4(const char *p) {
     int v = 0;
     for (int i = 0; i < 4; i++) {
@@ -107,7 +129,7 @@ static inline int scan_string(Cursor *c, Str *out) {
     const char *s = ++p;
     int escaped = 0;
     for (;;) {
-        while (p < e && !STRING_STOP[(unsigned char)*p]) p++;
+        p = string_run(p, e);
         if (p >= e) return 0;
         unsigned char ch = (unsigned char)*p;
         if (ch == '"') break;
@@ -307,6 +329,36 @@ static int scan_literal(Cursor *c, const char *word, Py_ssize_t len) {
 
 static int skip_value(Cursor *c, int depth);
 
+#if defined(__SSE2__)
+/* skip_int_array's bulk, 16 bytes at a time (SSE2 is part of x86-64): whole
+ * blocks of only digits and commas, held to the grammar the scalar loop
+ * applies (no empty element, no leading zero; signs, ']' and anything else
+ * end the blocks). Returns where the scalar loop resumes, the start of the
+ * last element begun (an element a block cut is re-read), or NULL where the
+ * blocks are invalid JSON. */
+static const char *int_blocks(const char *p, const char *e) {
+    const char *resume = p;
+    unsigned after_sep = 1;  /* bit 0 of the next block's separator mask: p follows '[' */
+    unsigned open_zero = 0;  /* the last block ended in an element that is "0" so far */
+    const __m128i zero = _mm_set1_epi8('0'), nine = _mm_set1_epi8(9), comma = _mm_set1_epi8(',');
+    while (e - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        __m128i d = _mm_sub_epi8(v, zero);
+        unsigned dig = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(d, nine), d));
+        unsigned com = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, comma));
+        if ((dig | com) != 0xFFFF) break;
+        unsigned starts = ((com << 1) | after_sep) & 0xFFFF; /* bytes that begin an element */
+        unsigned zeros = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, zero)) & starts;
+        if ((com & starts) || (zeros & (dig >> 1)) || (open_zero && (dig & 1))) return NULL;
+        open_zero = zeros >> 15;
+        after_sep = com >> 15;
+        if (com) resume = p + (32 - __builtin_clz(com)); /* just past the last comma */
+        p += 16;
+    }
+    return resume;
+}
+#endif
+
 /* An array of integers in compact form (vLLM's "bytes" of every token, a third
  * of a body) in one tight loop, c->p just past the '['. 0 leaves c->p where it
  * was, for the generic path: spaces, fractions, anything else. */
@@ -316,6 +368,10 @@ static int skip_int_array(Cursor *c) {
         c->p = p + 1;
         return 1;
     }
+#if defined(__SSE2__)
+    p = int_blocks(p, e);
+    if (p == NULL) return 0;
+#endif
     for (;;) {
         if (p < e && *p == '-') p++;
         if (p >= e) return 0;
@@ -457,16 +513,61 @@ static int grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t size) {
     return 1;
 }
 
+static int scan_entry(Cursor *c, Str *token, float *lp, Parsed *out, Row *row);
+
+/* A position's "top_logprobs" array, c->p at its '[': each alternative appended
+ * to `out` and counted in `row`. Returns as scan_entry does. */
+static int scan_alternatives(Cursor *c, Parsed *out, Row *row) {
+    if (c->p >= c->end || *c->p != '[') return 0;
+    c->p++;
+    int first = 1, e;
+    while ((e = next_element(c, &first)) == 1) {
+        if (!grow((void **)&out->alts, &out->cap_alts, out->n_alts + 1, sizeof(Alt))) return -1;
+        Alt *alt = &out->alts[out->n_alts];
+        int ok = scan_entry(c, &alt->token, &alt->lp, NULL, NULL);
+        if (ok != 1) return ok;
+        out->n_alts++;
+        row->n_alts++;
+    }
+    return e == 0;
+}
+
 /* {"token": str, "logprob": number, ...}: the fields both levels share.
  * Returns 1, 0 (not sure: decline) or -1 (memory error). `row` non-NULL:
- * this is a position, whose "top_logprobs" are appended to `out`. */
+ * this is a position, whose "top_logprobs" are appended to `out`.
+ *
+ * The members vLLM writes, in its order and compact spelling, are matched as
+ * literal bytes first (most of a body's keys, without the general key loop);
+ * the general loop then reads whatever follows, or the whole object when its
+ * first member is spelled any other way. The seen_* flags span both. */
 static int scan_entry(Cursor *c, Str *token, float *lp, Parsed *out, Row *row) {
     Str key;
     int first = 1, r, seen_token = 0, seen_lp = 0, seen_top = 0;
     *token = EMPTY;
     *lp = SENTINEL;
-    if (c->p >= c->end || *c->p != '{') return 0;
-    c->p++;
+    if (scan_literal(c, "{\"token\":", 9)) {
+        first = 0;
+        seen_token = 1;
+        skip_ws(c);
+        if (!scan_string(c, token)) return 0;
+        if (scan_literal(c, ",\"logprob\":", 11)) {
+            seen_lp = 1;
+            skip_ws(c);
+            if (!scan_number(c, lp)) return 0;
+            if (scan_literal(c, ",\"bytes\":[", 10) &&
+                !(skip_int_array(c) || skip_container(c, 3, ']', 0)))
+                return 0;
+            if (row != NULL && scan_literal(c, ",\"top_logprobs\":[", 17)) {
+                seen_top = 1;
+                c->p--; /* scan_alternatives starts at the '[' */
+                if ((r = scan_alternatives(c, out, row)) != 1) return r;
+            }
+        }
+    } else if (c->p < c->end && *c->p == '{') {
+        c->p++;
+    } else {
+        return 0;
+    }
     while ((r = next_key(c, &key, &first)) == 1) {
         if (key_is(&key, "token", 5)) {
             if (seen_token++ || !scan_string(c, token)) return 0;
@@ -475,19 +576,8 @@ static int scan_entry(Cursor *c, Str *token, float *lp, Parsed *out, Row *row) {
         } else if (row != NULL && key_is(&key, "top_logprobs", 12)) {
             if (seen_top++) return 0;
             if (is_null(c)) continue;
-            if (c->p >= c->end || *c->p != '[') return 0;
-            c->p++;
-            int efirst = 1, e;
-            while ((e = next_element(c, &efirst)) == 1) {
-                if (!grow((void **)&out->alts, &out->cap_alts, out->n_alts + 1, sizeof(Alt)))
-                    return -1;
-                Alt *alt = &out->alts[out->n_alts];
-                int ok = scan_entry(c, &alt->token, &alt->lp, NULL, NULL);
-                if (ok != 1) return ok;
-                out->n_alts++;
-                row->n_alts++;
-            }
-            if (e < 0) return 0;
+            int ok = scan_alternatives(c, out, row);
+            if (ok != 1) return ok;
         } else if (key.escaped) {
             return 0; /* an escaped key might spell one of ours */
         } else if (!skip_value(c, 3)) {
@@ -750,44 +840,70 @@ done:
  * numpy calls' overhead. Same float64 operations in the same order; exp and
  * log may differ from numpy's in the last bit. The set renormalised over: the
  * K alternatives with the chosen token's own logprob in its column, plus the
- * chosen token when it is outside the top-K (rank -1); -inf entries drop out. */
-static PyObject *token_logprobs(PyObject *module, PyObject *args) {
+ * chosen token when it is outside the top-K (rank -1); -inf entries drop out.
+ * This is one position's, `row` its K alternatives. */
+static inline double row_logprob(float chosen, const float *row, signed char rank, Py_ssize_t k,
+                                 double t) {
+    double own = (double)chosen / t, m = -INFINITY, sum = 0.0;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        double v = j == rank ? own : (double)row[j] / t;
+        if (v > m) m = v;
+    }
+    double extra = rank < 0 || rank >= k ? own : -INFINITY;
+    if (extra > m) m = extra;
+    if (!isfinite(m)) m = 0.0;
+    for (Py_ssize_t j = 0; j < k; j++) sum += exp((j == rank ? own : (double)row[j] / t) - m);
+    sum += exp(extra - m);
+    return own - (m + log(sum));
+}
+
+/* One generation's confidence from its positions' log p_T, without an array:
+ * how 0 = mean of p, 1 = exp(min log p), 2 = exp(mean log p) (geometric mean).
+ * NaN propagates as numpy's mean and min propagate it; the caller checks finiteness. */
+static PyObject *window_confidence(PyObject *module, PyObject *args) {
     Py_buffer chosen, top, rank;
     Py_ssize_t k;
     double t;
-    PyObject *out = NULL;
+    int how;
     (void)module;
-    if (!PyArg_ParseTuple(args, "y*y*y*nd:token_logprobs", &chosen, &top, &rank, &k, &t))
+    if (!PyArg_ParseTuple(args, "y*y*y*ndi:window_confidence", &chosen, &top, &rank, &k, &t, &how))
         return NULL;
     Py_ssize_t n = chosen.len / (Py_ssize_t)sizeof(float);
     if (k < 1 || !(t > 0) || chosen.len != n * (Py_ssize_t)sizeof(float) ||
-        top.len != n * k * (Py_ssize_t)sizeof(float) || rank.len != n) {
-        PyErr_SetString(PyExc_ValueError, "token_logprobs: shapes or temperature do not fit");
-        goto done;
+        top.len != n * k * (Py_ssize_t)sizeof(float) || rank.len != n || how < 0 || how > 2) {
+        PyErr_SetString(PyExc_ValueError,
+                        "window_confidence: shapes, temperature or how do not fit");
+        PyBuffer_Release(&chosen);
+        PyBuffer_Release(&top);
+        PyBuffer_Release(&rank);
+        return NULL;
     }
-    out = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(double));
-    if (out == NULL) goto done;
     const float *c = chosen.buf, *tp = top.buf;
     const signed char *r = rank.buf;
-    double *o = (double *)PyByteArray_AS_STRING(out);
+    double acc = how == 1 ? INFINITY : 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        const float *row = tp + i * k;
-        double own = (double)c[i] / t, m = -INFINITY, sum = 0.0;
-        for (Py_ssize_t j = 0; j < k; j++) {
-            double v = j == r[i] ? own : (double)row[j] / t;
-            if (v > m) m = v;
-        }
-        double extra = r[i] < 0 || r[i] >= k ? own : -INFINITY;
-        if (extra > m) m = extra;
-        if (!isfinite(m)) m = 0.0;
-        for (Py_ssize_t j = 0; j < k; j++) sum += exp((j == r[i] ? own : (double)row[j] / t) - m);
-        sum += exp(extra - m);
-        o[i] = own - (m + log(sum));
+        double lp = row_logprob(c[i], tp + i * k, r[i], k, t);
+        if (how == 0) acc += exp(lp);
+        else if (how == 2) acc += lp;
+        else if (isnan(lp) || lp < acc) acc = lp; /* min: NaN wins, as in numpy */
+        if (how == 1 && isnan(acc)) break;
     }
-done:
     PyBuffer_Release(&chosen);
     PyBuffer_Release(&top);
     PyBuffer_Release(&rank);
+    if (n == 0) return PyFloat_FromDouble(NAN);
+    if (how == 0) return PyFloat_FromDouble(acc / (double)n);
+    return PyFloat_FromDouble(exp(how == 2 ? acc / (double)n : acc));
+}
+
+/* The address of a buffer's first byte: where a msgspec.Raw view sits in the
+ * body (capture._spans), without numpy's ~1.5 us route to the same number. */
+static PyObject *buffer_address(PyObject *module, PyObject *obj) {
+    Py_buffer view;
+    (void)module;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *out = PyLong_FromVoidPtr(view.buf);
+    PyBuffer_Release(&view);
     return out;
 }
 
@@ -796,8 +912,9 @@ static PyMethodDef methods[] = {
      "scan_chat(buf, start, k, decode) -> (end, tokens, chosen, top, rank) | None"},
     {"scan_chat_many", scan_chat_many, METH_VARARGS,
      "scan_chat_many(items, k, decode) -> (0, tokens, chosen, top, rank) | None"},
-    {"token_logprobs", token_logprobs, METH_VARARGS,
-     "token_logprobs(chosen, top, rank, k, temperature) -> float64 bytearray"},
+    {"buffer_address", buffer_address, METH_O, "buffer_address(buffer) -> int"},
+    {"window_confidence", window_confidence, METH_VARARGS,
+     "window_confidence(chosen, top, rank, k, temperature, how) -> float"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -176,7 +176,9 @@ class Captured:
 
 
 def _address(buf: object) -> int:
-    return int(np.frombuffer(buf, np.uint8).ctypes.data)  # type: ignore[call-overload]
+    if _native is not None:
+        return _native.buffer_address(buf)
+    return int(np.frombuffer(buf, np.uint8).ctypes.data)  # type: ignore[call-overload,unused-ignore]
 
 
 # CPython keeps a bytes object's data inline at a fixed offset from the object:

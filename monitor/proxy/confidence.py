@@ -8,6 +8,7 @@ so what is served is exactly what recalibration optimises.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -16,11 +17,8 @@ from monitor.config import ConfidenceMethod, TaskConfig
 from monitor.proxy.capture import Captured, native_scanner
 
 
-def _token_logprobs(
-    chosen: np.ndarray, top: np.ndarray, rank: np.ndarray, temperature: float
-) -> np.ndarray:
-    """`token_logprobs` for one response: the C loop when built (about 10x faster
-    here, where the numpy calls' fixed cost dominates), numpy otherwise."""
+def _native_rows(chosen: np.ndarray, top: np.ndarray, rank: np.ndarray) -> Any:
+    """The C module when built and the arrays are capture's layout, else None."""
     native = native_scanner()
     if (
         native is not None
@@ -30,9 +28,26 @@ def _token_logprobs(
         and top.flags.c_contiguous
         and top.shape[1] > 0
     ):
-        out = native.token_logprobs(chosen, top, rank, top.shape[1], temperature)
-        return np.frombuffer(out, np.float64)
-    return token_logprobs(chosen, top, rank, temperature)
+        return native
+    return None
+
+
+# The C loop's codes for the three aggregates `confidence` takes of log p_T.
+_MEAN_P, _MIN, _GEOMETRIC = 0, 1, 2
+
+
+def _aggregate(
+    chosen: np.ndarray, top: np.ndarray, rank: np.ndarray, temperature: float, how: int
+) -> float:
+    """One aggregate of log p_T over the rows: the C loop when built (about 10x
+    faster here, where the ~15 numpy calls' fixed cost dominates), numpy otherwise."""
+    native = _native_rows(chosen, top, rank)
+    if native is not None:
+        return float(native.window_confidence(chosen, top, rank, top.shape[1], temperature, how))
+    lp = token_logprobs(chosen, top, rank, temperature)
+    if how == _MEAN_P:
+        return float(np.exp(lp).mean())
+    return math.exp(float(lp.min() if how == _MIN else lp.mean()))
 
 
 def answer_span(captured: Captured, config: TaskConfig) -> tuple[int, int] | None:
@@ -64,13 +79,9 @@ def confidence(
     lo, hi = _window(n, method, span)
     if hi <= lo:
         return None
-    lp = _token_logprobs(
-        captured.chosen[lo:hi], captured.top[lo:hi], captured.chosen_rank[lo:hi], temperature
+    how = {ConfidenceMethod.mean: _MEAN_P, ConfidenceMethod.min: _MIN}.get(method, _GEOMETRIC)
+    # all tokens, the last one or the span: the window already chose which
+    value = _aggregate(
+        captured.chosen[lo:hi], captured.top[lo:hi], captured.chosen_rank[lo:hi], temperature, how
     )
-    if method == ConfidenceMethod.mean:
-        value = float(np.exp(lp).mean())
-    elif method == ConfidenceMethod.min:
-        value = math.exp(float(lp.min()))
-    else:  # geometric mean over the window (all tokens, the last one, or the span)
-        value = math.exp(float(lp.mean()))
     return value if math.isfinite(value) else None

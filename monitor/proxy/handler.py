@@ -223,8 +223,9 @@ class ProxyHandler:
         await send_error(send, status, message, code)
 
     def count(self, task: str | None, endpoint: str | None, status: int) -> None:
-        self.metrics.requests_total.labels(
-            task or "unknown", endpoint or "models", str(status)
+        metrics = self.metrics
+        metrics.child(
+            metrics.requests_total, task or "unknown", endpoint or "models", str(status)
         ).inc()
 
 
@@ -414,9 +415,11 @@ class _Exchange:
     ) -> None:
         proxy = self.proxy
         proxy.count(self.rewritten.task, self.endpoint, 200)
-        proxy.metrics.upstream_latency_seconds.labels(self.endpoint).observe(self.upstream_seconds)
+        metrics = proxy.metrics
+        upstream = metrics.child(metrics.upstream_latency_seconds, self.endpoint)
+        upstream.observe(self.upstream_seconds)
         if overhead_ms is not None:
-            proxy.metrics.overhead_seconds.labels(self.endpoint).observe(overhead_ms / 1000)
+            metrics.child(metrics.overhead_seconds, self.endpoint).observe(overhead_ms / 1000)
         recorder = self.proxy.runtime.extras.get("recorder")
         if recorder is not None:
             recorder.submit(build_record(self, captured, thermostat, span, overhead_ms))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -34,49 +35,71 @@ def random_arrays(
     return chosen, top, rank
 
 
+def numpy_aggregate(
+    chosen: np.ndarray, top: np.ndarray, rank: np.ndarray, temperature: float, how: int
+) -> float:
+    """The aggregate as the fitter's numpy maths computes it."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # rows all -inf
+        lp = token_logprobs(chosen, top, rank, temperature)
+        if how == conf._MEAN_P:
+            return float(np.exp(lp).mean())
+        return math.exp(float(lp.min() if how == conf._MIN else lp.mean()))
+
+
+def same(got: float, want: float) -> None:
+    assert math.isnan(got) == math.isnan(want)
+    if not math.isnan(want):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-300)
+
+
+HOWS = [conf._MEAN_P, conf._MIN, conf._GEOMETRIC]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
-    n=st.integers(0, 300),
+    n=st.integers(1, 300),
     k=st.integers(1, 8),
     temperature=st.sampled_from([1.0, 0.25, 0.7, 1.3, 4.0, 1e-3, 50.0]),
+    how=st.sampled_from(HOWS),
 )
-def test_native_token_logprobs_equal_the_fitters(
-    seed: int, n: int, k: int, temperature: float
+def test_native_aggregates_equal_the_fitters(
+    seed: int, n: int, k: int, temperature: float, how: int
 ) -> None:
     chosen, top, rank = random_arrays(np.random.default_rng(seed), n, k)
-    got = conf._token_logprobs(chosen, top, rank, temperature)
-    with np.errstate(invalid="ignore", divide="ignore"):  # rows with every entry -inf
-        want = token_logprobs(chosen, top, rank, temperature)
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    assert np.array_equal(np.isfinite(got), np.isfinite(want))
+    with np.errstate(over="ignore"):  # T = 1e-3 can overflow exp to inf, as numpy does
+        got = conf._aggregate(chosen, top, rank, temperature, how)
+    same(got, numpy_aggregate(chosen, top, rank, temperature, how))
 
 
-def test_every_row_minus_inf_gives_what_numpy_gives() -> None:
-    chosen = np.array([-np.inf, -1.0], np.float32)
-    top = np.full((2, 3), -np.inf, np.float32)
-    rank = np.array([-1, -1], np.int8)
-    got = conf._token_logprobs(chosen, top, rank, 1.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        want = token_logprobs(chosen, top, rank, 1.0)
-    np.testing.assert_array_equal(got, want)
+@pytest.mark.parametrize("how", HOWS)
+def test_a_row_of_only_minus_inf_gives_nan_as_numpy_does(how: int) -> None:
+    chosen = np.array([-1.0, -np.inf, -2.0], np.float32)
+    top = np.array([[-1.0, -3.0], [-np.inf, -np.inf], [-2.0, -2.5]], np.float32)
+    rank = np.array([0, -1, 0], np.int8)
+    want = numpy_aggregate(chosen, top, rank, 1.0, how)
+    assert math.isnan(want)
+    same(conf._aggregate(chosen, top, rank, 1.0, how), want)
 
 
-def test_views_and_other_dtypes_fall_back_to_numpy() -> None:
+@pytest.mark.parametrize("how", HOWS)
+def test_views_and_other_dtypes_fall_back_to_numpy(how: int) -> None:
     chosen, top, rank = random_arrays(np.random.default_rng(3), 50, 5)
-    want = token_logprobs(chosen, top, rank, 0.8)
+    want = numpy_aggregate(chosen, top, rank, 0.8, how)
     strided = np.asfortranarray(top)  # not C-contiguous: the numpy path
-    np.testing.assert_allclose(conf._token_logprobs(chosen, strided, rank, 0.8), want, rtol=1e-12)
+    same(conf._aggregate(chosen, strided, rank, 0.8, how), want)
     wide = top.astype(np.float64)  # another dtype: the numpy path
-    np.testing.assert_allclose(conf._token_logprobs(chosen, wide, rank, 0.8), want, rtol=1e-12)
+    same(conf._aggregate(chosen, wide, rank, 0.8, how), want)
 
 
-def test_bad_shapes_are_an_error_not_a_read_past_the_end() -> None:
+def test_bad_arguments_are_an_error_not_a_read_past_the_end() -> None:
     chosen, top, rank = random_arrays(np.random.default_rng(4), 10, 5)
     with pytest.raises(ValueError, match="shapes"):
-        cap._native.token_logprobs(chosen, top[:5], rank, 5, 1.0)
+        cap._native.window_confidence(chosen, top[:5], rank, 5, 1.0, 0)
     with pytest.raises(ValueError, match="temperature"):
-        cap._native.token_logprobs(chosen, top, rank, 5, 0.0)
+        cap._native.window_confidence(chosen, top, rank, 5, 0.0, 0)
+    with pytest.raises(ValueError, match="how"):
+        cap._native.window_confidence(chosen, top, rank, 5, 1.0, 3)
 
 
 @pytest.mark.parametrize("method", list(ConfidenceMethod))

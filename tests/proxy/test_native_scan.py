@@ -873,6 +873,84 @@ def lp_body(row_json: str, k_alts: str = '{"token":"b","logprob":-2}') -> bytes:
     return raw_body(f'[{{"token":"a","logprob":-1,"top_logprobs":[{k_alts}]}},{row_json}]')
 
 
+ALT = '{"token":"b","logprob":-2,"bytes":[98]}'
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        f'{{"token":\t"a","logprob": -1,"bytes":[97],"top_logprobs":[{ALT}]}}',
+        f'{{"token":"a","logprob":-1,"bytes":[97, 98],"top_logprobs":[{ALT}]}}',
+        f'{{"token":"a","logprob":-1,"bytes":null,"top_logprobs":[{ALT}]}}',
+        f'{{"token":"a","logprob":-1,"bytes":[],"top_logprobs":[{ALT}]}}',
+        '{"token":"a","logprob":-1,"bytes":[97],"top_logprobs":null}',
+        '{"token":"a","logprob":-1,"bytes":[97],"top_logprobs":[]}',
+        f'{{"token":"a","logprob":-1,"bytes":[97],"top_logprobs": [{ALT}]}}',
+        f'{{"token":"a","logprob":-1,"bytes":[97],"top_logprobs":[{ALT}],"x":{{"y":[1]}}}}',
+        f'{{"token":"a","logprob":-1,"top_logprobs":[{ALT}],"bytes":[97]}}',
+        f'{{"token":"a","bytes":[97],"logprob":-1,"top_logprobs":[{ALT}]}}',
+        '{"token":"a","logprob":-1,"bytes":[97],"top_logprobs":'
+        '[{"token":"b","logprob":-2,"bytes":[98],"top_logprobs":[{"token":"z"}]}]}',
+    ],
+)
+def test_vllm_layout_and_its_neighbours_are_read(row: str) -> None:
+    """Entries spelled as vLLM does are read member by member as literals; each
+    variation here leaves that path at another point and must read the same."""
+    check(lp_body(row), 2, accept=True)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        '{"token":"a","logprob":-1,"bytes":[97],"top_logprobs":[],"token":"b"}',
+        '{"token":"a","logprob":-1,"bytes":[97],"top_logprobs":[],"logprob":-2}',
+        '{"token":"a","logprob":-1,"bytes":[97],"top_logprobs":[],"top_logprobs":[]}',
+        '{"token":"a","logprob":-1,"bytes":[97,],"top_logprobs":[]}',
+        '{"token":"a","logprob":-1,"bytes":[97],"top_logprobs":[{"token":"b","logprob":-2,}]}',
+        '{"token":"a","logprob":-1,"bytes":[97],"top_logprobs":[]',
+    ],
+)
+def test_vllm_layout_with_a_flaw_is_declined(row: str) -> None:
+    body = lp_body(row)
+    assert native_path(body, 2) is None, body
+
+
+def int_array_spellings(rng: random.Random) -> list[str]:
+    """Arrays of integers, valid and not, long enough to cross the scanner's 16-byte
+    blocks at every phase: empty elements, leading zeros, signs and other bytes
+    placed anywhere, first and last elements included."""
+    out = ["", "0", "0,0", "00", "01", ",1", "1,", "1,,2", "-0", "-01", "255"]
+    for _ in range(600):
+        items = [str(rng.choice([0, rng.randrange(1, 10), rng.randrange(10, 256)]))]
+        items += [str(rng.randrange(0, 100_000)) for _ in range(rng.randrange(0, 24))]
+        text = ",".join(items)
+        r = rng.random()
+        if r < 0.5 and text:
+            at = rng.randrange(len(text) + 1)
+            bad = rng.choice(["0", ",", ",,", "-", "00", "01", ",0", ",01", " ", ".5", "e1", "a"])
+            text = text[:at] + bad + text[at:]
+        elif r < 0.6:
+            spell = ["0", "00", "-1", "10"]
+            text = ",".join(rng.choice(spell) for _ in range(rng.randrange(1, 20)))
+        out.append(text)
+    return out
+
+
+def test_integer_arrays_at_every_block_phase() -> None:
+    """The "bytes" skip accepts exactly the arrays that are valid JSON, wherever they sit."""
+    rng = random.Random(2024)
+    accepted = 0
+    for text in int_array_spellings(rng):
+        try:
+            valid = isinstance(json.loads(f"[{text}]"), list)
+        except ValueError:
+            valid = False
+        for pad in range(0, 17, 3):  # shifts the array against the 16-byte blocks
+            row = f'{{"token":"{"x" * pad}","logprob":-1,"bytes":[{text}]}}'
+            accepted += check(lp_body(row), 2, accept=valid if " " not in text else None)
+    assert accepted > 1000
+
+
 BAD_STRINGS = [r"\x", r"\u12", r"\u12g4", r"\ud800", r"\udc00", r"\ud800\u0041", r"\ud800x",
                "\\", "\x01", "\x1f", r"\U00e9", r"\ud83d\ud83d", "\t"]  # fmt: skip
 
