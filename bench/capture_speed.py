@@ -1,20 +1,35 @@
 """Microseconds per call of the proxy's hot-path body work on a ~100 KB response.
 
     python bench/capture_speed.py [--tokens 200 --top-k 5 --number 2000]
+        [--baseline-scanner OLD.c|OLD.so]
 
 Reports the best of several repeats (the least disturbed by other load), for
 capture, strip, append and trim on the vLLM-shaped bodies of ``responses.py``,
 next to the reference points a full ``orjson.loads`` and a decode-only msgspec
 pass give on the same bytes.
+
+``--baseline-scanner`` times the C scanner against another build of it in the
+same process, interleaved round by round (a host whose speed drifts moves
+both): give a built module, or a ``_logprob_scan.c`` of another revision
+(``git show REV:monitor/proxy/_logprob_scan.c > /tmp/old.c``), compiled here
+with Python's own compiler flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
+import shlex
+import subprocess
 import sys
+import sysconfig
+import tempfile
 import timeit
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import orjson
@@ -54,11 +69,48 @@ def report(endpoint: cap.Endpoint, body: bytes, k: int, thermo: bytes, n: int) -
         print(f"  {name:34s} {us:8.1f} us")
 
 
+def load_scanner(path: str) -> object:
+    """Another build of `_logprob_scan`, from a built module or a C source compiled here."""
+    if path.endswith(".c"):
+        out = str(Path(tempfile.mkdtemp()) / "_logprob_scan.so")
+        cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+        flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
+        flags += shlex.split(sysconfig.get_config_var("CCSHARED") or "-fPIC")
+        include = "-I" + sysconfig.get_paths()["include"]
+        subprocess.run([*cc, *flags, "-shared", include, path, "-o", out], check=True)
+        path = out
+    name = "baseline._logprob_scan"  # the init function is found by the last part
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def compare_scanners(baseline: object, body: bytes, k: int, rounds: int = 15) -> None:
+    start = cap._logprobs_start(body)
+    builds: dict[str, Any] = {"this build": cap.native_scanner(), "baseline": baseline}
+    times: dict[str, list[float]] = {name: [] for name in builds}
+    for _ in range(rounds):
+        for name, module in builds.items():
+            call = partial(module.scan_chat, body, start, k, msgspec.json.decode)
+            times[name].append(best_us(call, 100))
+    base = min(times["baseline"])
+    for name, values in times.items():
+        print(
+            f"  scan_chat, {name:10s} best {min(values):7.1f} us, "
+            f"median {sorted(values)[rounds // 2]:7.1f} us, "
+            f"best / baseline's best {min(values) / base:.3f}"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", type=int, default=200)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--number", type=int, default=2000)
+    p.add_argument("--baseline-scanner", help="another build of the C scanner: .so or .c")
     a = p.parse_args()
     thermo = orjson.dumps(
         {
@@ -74,6 +126,12 @@ def main() -> None:
         "chat": responses.chat_body(a.tokens, a.top_k),
         "completions": responses.completions_body(a.tokens, a.top_k),
     }
+    if a.baseline_scanner:
+        if cap.native_scanner() is None:
+            sys.exit("this checkout's C scanner is not built (pip install -e .)")
+        print(f"chat, {len(bodies['chat']):,} bytes: the C scanner against {a.baseline_scanner}")
+        compare_scanners(load_scanner(a.baseline_scanner), bodies["chat"], a.top_k)
+        return
     for ep, body in bodies.items():
         report("chat" if ep == "chat" else "completions", body, a.top_k, thermo, a.number)
     events = [e[6:-2] for e in responses.chat_stream(a.tokens, a.top_k)]
