@@ -835,13 +835,13 @@ done:
     return result;
 }
 
-/* log p_T(chosen) per position: monitor.calibration.aggregation.token_logprobs
- * (the fitter's vectorised numpy version) for one response, without its ~15
- * numpy calls' overhead. Same float64 operations in the same order; exp and
- * log may differ from numpy's in the last bit. The set renormalised over: the
- * K alternatives with the chosen token's own logprob in its column, plus the
- * chosen token when it is outside the top-K (rank -1); -inf entries drop out.
- * This is one position's, `row` its K alternatives. */
+/* log p_T(chosen) of one position, `row` its K alternatives: one row of
+ * monitor.calibration.aggregation.token_logprobs (the fitter's vectorised
+ * numpy version), without its ~15 numpy calls' overhead. Same float64
+ * operations in the same order; exp and log may differ from numpy's in the
+ * last bit. The set renormalised over: the K alternatives with the chosen
+ * token's own logprob in its column, plus the chosen token when it is
+ * outside the top-K (rank -1); -inf entries drop out. */
 static inline double row_logprob(float chosen, const float *row, signed char rank, Py_ssize_t k,
                                  double t) {
     double own = (double)chosen / t, m = -INFINITY, sum = 0.0;

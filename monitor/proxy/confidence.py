@@ -32,15 +32,19 @@ def _native_rows(chosen: np.ndarray, top: np.ndarray, rank: np.ndarray) -> Any:
     return None
 
 
-# The C loop's codes for the three aggregates `confidence` takes of log p_T.
+# The C loop's codes for the three aggregates `confidence` takes of log p_T:
+# the mean of p, the minimum, and the geometric mean (also what `last_token`
+# and `answer_span` take, over the window `_window` chose).
 _MEAN_P, _MIN, _GEOMETRIC = 0, 1, 2
+_AGGREGATE = {ConfidenceMethod.mean: _MEAN_P, ConfidenceMethod.min: _MIN}
 
 
 def _aggregate(
     chosen: np.ndarray, top: np.ndarray, rank: np.ndarray, temperature: float, how: int
 ) -> float:
-    """One aggregate of log p_T over the rows: the C loop when built (about 10x
-    faster here, where the ~15 numpy calls' fixed cost dominates), numpy otherwise."""
+    """One aggregate of log p_T over the rows: the C loop when built (about 3x
+    faster for one answer, where the numpy calls' fixed cost dominates), numpy
+    otherwise."""
     native = _native_rows(chosen, top, rank)
     if native is not None:
         return float(native.window_confidence(chosen, top, rank, top.shape[1], temperature, how))
@@ -79,8 +83,7 @@ def confidence(
     lo, hi = _window(n, method, span)
     if hi <= lo:
         return None
-    how = {ConfidenceMethod.mean: _MEAN_P, ConfidenceMethod.min: _MIN}.get(method, _GEOMETRIC)
-    # all tokens, the last one or the span: the window already chose which
+    how = _AGGREGATE.get(method, _GEOMETRIC)
     value = _aggregate(
         captured.chosen[lo:hi], captured.top[lo:hi], captured.chosen_rank[lo:hi], temperature, how
     )

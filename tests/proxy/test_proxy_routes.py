@@ -174,6 +174,31 @@ def test_upstream_error_status_and_body_pass_through(sidecar: str) -> None:
     assert response.status_code == 429 and "error" in response.json()
 
 
+def test_requests_are_counted_in_metrics_by_task_endpoint_and_status(sidecar: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def post(task: str, mode: str | None = None) -> int:
+        headers = {"X-Thermostat-Task": task} | ({"X-Fake-Mode": mode} if mode else {})
+        body = {"model": "m", "messages": CHAT}
+        return httpx.post(f"{sidecar}/v1/chat/completions", json=body, headers=headers).status_code
+
+    assert [post("qa"), post("qa"), post("summaries"), post("qa", "error=429")] == [200] * 3 + [429]
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(httpx.get(f"{sidecar}/metrics").text)
+        for s in family.samples
+    }
+
+    def requests(task: str, status: str) -> float:
+        labels = (("endpoint", "chat"), ("status", status), ("task", task))
+        return samples.get(("thermostat_proxy_requests_total", labels), 0.0)
+
+    assert (requests("qa", "200"), requests("summaries", "200"), requests("qa", "429")) == (2, 1, 1)
+    chat = (("endpoint", "chat"),)
+    assert samples[("thermostat_upstream_latency_seconds_count", chat)] == 3
+    assert samples[("thermostat_proxy_overhead_seconds_count", chat)] == 3
+
+
 @pytest.mark.parametrize(
     ("content", "headers", "status", "needle"),
     [
