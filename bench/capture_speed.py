@@ -71,13 +71,16 @@ def report(endpoint: cap.Endpoint, body: bytes, k: int, thermo: bytes, n: int) -
 
 def load_scanner(path: str) -> object:
     """Another build of `_logprob_scan`, from a built module or a C source compiled here."""
+    if not Path(path).is_file():
+        sys.exit(f"--baseline-scanner: no such file: {path}")
     if path.endswith(".c"):
         out = str(Path(tempfile.mkdtemp()) / "_logprob_scan.so")
         cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
         flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
         flags += shlex.split(sysconfig.get_config_var("CCSHARED") or "-fPIC")
         include = "-I" + sysconfig.get_paths()["include"]
-        subprocess.run([*cc, *flags, "-shared", include, path, "-o", out], check=True)
+        if subprocess.run([*cc, *flags, "-shared", include, path, "-o", out]).returncode:
+            sys.exit(f"--baseline-scanner: {path} did not compile (the compiler's errors above)")
         path = out
     name = "baseline._logprob_scan"  # the init function is found by the last part
     loader = importlib.machinery.ExtensionFileLoader(name, path)
