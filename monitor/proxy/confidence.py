@@ -8,29 +8,12 @@ so what is served is exactly what recalibration optimises.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
 from monitor.calibration.aggregation import answer_span_positions, token_logprobs
 from monitor.config import ConfidenceMethod, TaskConfig
 from monitor.proxy.capture import Captured, native_scanner
-
-
-def _native_rows(chosen: np.ndarray, top: np.ndarray, rank: np.ndarray) -> Any:
-    """The C module when built and the arrays are capture's layout, else None."""
-    native = native_scanner()
-    if (
-        native is not None
-        and chosen.dtype == np.float32
-        and top.dtype == np.float32
-        and rank.dtype == np.int8
-        and top.flags.c_contiguous
-        and top.shape[1] > 0
-    ):
-        return native
-    return None
-
 
 # The C loop's codes for the three aggregates `confidence` takes of log p_T:
 # the mean of p, the minimum, and the geometric mean (also what `last_token`
@@ -45,8 +28,15 @@ def _aggregate(
     """One aggregate of log p_T over the rows: the C loop when built (about 3x
     faster for one answer, where the numpy calls' fixed cost dominates), numpy
     otherwise."""
-    native = _native_rows(chosen, top, rank)
-    if native is not None:
+    native = native_scanner()
+    if (  # capture's layout; anything else (a test's views, other dtypes): numpy
+        native is not None
+        and chosen.dtype == np.float32
+        and top.dtype == np.float32
+        and rank.dtype == np.int8
+        and top.flags.c_contiguous
+        and top.shape[1] > 0
+    ):
         return float(native.window_confidence(chosen, top, rank, top.shape[1], temperature, how))
     lp = token_logprobs(chosen, top, rank, temperature)
     if how == _MEAN_P:
