@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,38 @@ class GenerationRecord:
     confidence: float | None = None
     temperature: float = 1.0
     calibration_version: int | None = None
+
+    def __reduce__(self) -> tuple[Any, tuple[tuple[Any, ...]]]:
+        """Pickle (to the writer process) with the arrays as raw bytes.
+
+        A numpy array pickles through its own reduce (~10 us each, three per
+        record), and the recorder hands whole batches over in a thread that holds
+        the GIL the event loop needs: as bytes, a batch takes well under half the
+        time. The id goes as its 16 bytes for the same reason.
+        """
+        values = list(_FIELD_VALUES(self))
+        values[_ID] = self.id.bytes
+        for i in _ARRAYS:
+            if isinstance(values[i], np.ndarray):
+                values[i] = (values[i].dtype.str, values[i].shape, values[i].tobytes())
+        return _unpickle_generation, (tuple(values),)
+
+
+_FIELDS = [f.name for f in fields(GenerationRecord)]
+_FIELD_VALUES = attrgetter(*_FIELDS)
+_ID = _FIELDS.index("id")
+_ARRAYS = [_FIELDS.index(name) for name in ("chosen", "top", "chosen_rank")]
+
+
+def _unpickle_generation(values: tuple[Any, ...]) -> GenerationRecord:
+    """`GenerationRecord.__reduce__`'s inverse (in the writer process)."""
+    unpacked = list(values)
+    unpacked[_ID] = uuid.UUID(bytes=values[_ID])
+    for i in _ARRAYS:
+        if isinstance(values[i], tuple):  # (dtype, shape, data) from __reduce__
+            dtype, shape, data = values[i]
+            unpacked[i] = np.frombuffer(data, dtype).reshape(shape)
+    return GenerationRecord(*unpacked)
 
 
 @dataclass(slots=True)
