@@ -65,7 +65,8 @@ def forward_headers(raw_headers: Headers, task: str | None = None) -> Headers:
     named it in `metadata.task`): a model server that applies per-task
     calibration to sampling, like the reference server, needs it; others ignore it.
     """
-    out = [(name, value) for name, value in raw_headers if name.lower() not in DROP_REQUEST_HEADERS]
+    drop = _with_connection_options(DROP_REQUEST_HEADERS, raw_headers)
+    out = [(name, value) for name, value in raw_headers if name.lower() not in drop]
     out.append(_JSON_HEADER)
     if task is not None:
         out.append((b"x-thermostat-task", task.encode()))
@@ -73,4 +74,18 @@ def forward_headers(raw_headers: Headers, task: str | None = None) -> Headers:
 
 
 def response_headers(upstream: UpstreamResponse) -> Headers:
-    return [(name, value) for name, value in upstream.headers if name not in DROP_RESPONSE_HEADERS]
+    drop = _with_connection_options(DROP_RESPONSE_HEADERS, upstream.headers)
+    return [(name, value) for name, value in upstream.headers if name not in drop]
+
+
+def _with_connection_options(drop: frozenset[bytes], headers: Headers) -> frozenset[bytes]:
+    """`drop` plus the header names a `Connection` header lists (RFC 9110 7.6.1).
+
+    A sender marks its own hop-by-hop headers that way (`Connection: close,
+    X-Hop-Secret`); they are meant for this hop only, so they go no further.
+    """
+    options = [value for name, value in headers if name.lower() == b"connection"]
+    if not options:
+        return drop
+    listed = (option.strip().lower() for value in options for option in value.split(b","))
+    return drop.union(name for name in listed if name)

@@ -269,6 +269,33 @@ def test_authorization_passes_through_and_the_resolved_task_goes_upstream(
     assert "metadata" not in upstream.requests[0].json
 
 
+def test_headers_a_connection_header_names_are_not_forwarded(
+    sidecar: str, upstream: FakeUpstream
+) -> None:
+    """RFC 9110 7.6.1: what `Connection` lists is for one hop only, either way."""
+    body = {"model": "m", "messages": CHAT, "max_tokens": 4}
+    headers = {
+        "Authorization": "Bearer sk-test",
+        "Connection": "keep-alive, X-Client-Hop",
+        "X-Client-Hop": "secret",
+        "X-Client-Kept": "1",
+    }
+    for stream in (False, True):
+        response = httpx.post(
+            f"{sidecar}/v1/chat/completions",
+            json={**body, "stream": stream},
+            headers={**headers, "X-Fake-Mode": "hop_header"},
+            timeout=10,
+        )
+        assert response.status_code == 200
+        assert "x-upstream-hop" not in response.headers
+        assert response.headers["x-upstream-kept"] == "1"
+        received = upstream.requests[-1].headers
+        assert "x-client-hop" not in received
+        assert received["x-client-kept"] == "1"
+        assert received["authorization"] == "Bearer sk-test"
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_stored_positions_equal_the_generated_tokens(
     sidecar: str, upstream: FakeUpstream, stream: bool

@@ -17,7 +17,9 @@ seconds before answering), ``cut`` (close the connection half-way through a
 stream), ``delay_ms=5-20`` (uniform random delay), ``no_logprobs`` (ignore the
 logprobs request, like some servers), ``chunk_delay_ms=N`` (a pause between
 stream events), ``pretty`` (indented JSON with shuffled key order, to exercise
-parsers), ``set_cookie=V`` (a ``Set-Cookie: session=V`` header on the answer).
+parsers), ``set_cookie=V`` (a ``Set-Cookie: session=V`` header on the answer),
+``hop_header`` (``X-Upstream-Hop`` marked hop-by-hop by ``Connection``, beside
+an end-to-end ``X-Upstream-Kept``).
 
 ``render_json`` (shuffled keys, random whitespace) is shared with the capture
 and splice tests.
@@ -162,6 +164,16 @@ def completions_logprobs(positions: list[dict], k: int, offset0: int = 0) -> dic
         "token_logprobs": [p["logprob"] for p in positions],
         "top_logprobs": tops,
         "text_offset": offsets,
+    }
+
+
+def _mode_headers(mode: dict[str, str]) -> dict[str, str]:
+    if "hop_header" not in mode:
+        return {}
+    return {
+        "Connection": "keep-alive, X-Upstream-Hop",
+        "X-Upstream-Hop": "1",
+        "X-Upstream-Kept": "1",
     }
 
 
@@ -380,6 +392,7 @@ class FakeUpstream:
         response = web.Response(body=data, content_type="application/json")
         if "set_cookie" in mode:
             response.set_cookie("session", mode["set_cookie"])
+        response.headers.update(_mode_headers(mode))
         return response
 
     async def _stream(
@@ -394,7 +407,11 @@ class FakeUpstream:
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({**head, "choices": [], "usage": _usage(gens)})
         resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **_mode_headers(mode),
+            }
         )
         await resp.prepare(request)
         cut_at = len(events) // 2 if "cut" in mode else -1
