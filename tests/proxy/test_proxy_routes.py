@@ -269,7 +269,7 @@ def test_authorization_passes_through_and_the_resolved_task_goes_upstream(
     assert "metadata" not in upstream.requests[0].json
 
 
-def test_headers_a_connection_header_names_are_not_forwarded(
+def test_headers_named_in_connection_are_not_forwarded_either_way(
     sidecar: str, upstream: FakeUpstream
 ) -> None:
     """RFC 9110 7.6.1: what `Connection` lists is for one hop only, either way."""
