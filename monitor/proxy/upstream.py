@@ -83,8 +83,10 @@ def _with_connection_options(drop: frozenset[bytes], headers: Headers) -> frozen
 
     A sender marks its own hop-by-hop headers that way (`Connection: close,
     X-Hop-Secret`); they are meant for this hop only, so they go no further.
+    Names come lower-cased from uvicorn (ASGI) and from the upstream client, as
+    `handler._header` and `UpstreamResponse.header` rely on too.
     """
-    options = [value for name, value in headers if name.lower() == b"connection"]
+    options = [value for name, value in headers if name == b"connection"]
     if not options:
         return drop
     listed = (option.strip().lower() for value in options for option in value.split(b","))
