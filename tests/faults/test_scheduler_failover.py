@@ -82,9 +82,12 @@ def test_killing_the_leader_hands_over_within_two_intervals(
         wait_for(lambda: len(_snapshots(sessions)) >= 2 and len(leaders()) == 1, timeout=20)
         [leader] = leaders()
         [follower] = [port for port in processes if port != leader]
+        # The moment of the signal, not of the reaping: the follower can take the
+        # lock as soon as the leader is dead, before this process gets to run
+        # again, and its first evaluation must count as after the kill.
+        killed_at = utcnow()
         processes[leader][0].send_signal(signal.SIGKILL)
         processes[leader][0].wait(timeout=10)
-        killed_at = utcnow()
         wait_for(
             lambda: any(s.evaluated_at > killed_at for s in _snapshots(sessions)),
             timeout=4 * INTERVAL_S,
