@@ -15,10 +15,13 @@ through the sidecar's own upstream client (`monitor.proxy.upstream_client`),
 streams chunk by chunk; what the sidecar adds above it is its own work.
 ``--client bare-aiohttp`` is the same relay through an aiohttp session, the
 client the sidecar used before: the two side by side measure what the client
-library costs.
+library costs. ``--client bare --work-us N`` is the bare relay doing N
+microseconds of busy CPU work per answer (holding the GIL, as the sidecar's
+own work does): a relay whose only cost above the floor is known, so that the
+benchmark can show what a given CPU time per request adds on this machine.
 
     python bench/naive_proxy.py --upstream http://127.0.0.1:UP/v1 [--port 0]
-        [--client httpx|aiohttp|bare|bare-aiohttp]
+        [--client httpx|aiohttp|bare|bare-aiohttp] [--work-us N]
 
 Prints ``PORT <n>`` on stdout once listening; uvicorn picks uvloop/httptools.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -156,8 +160,18 @@ async def _send_start(send: Any, status: int, content_type: bytes) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
 
 
-def build_bare_app(upstream: str) -> Any:
-    """Bytes in, bytes out through the sidecar's client: no parsing; SSE chunk by chunk."""
+def _busy(seconds: float) -> None:
+    """Spin for `seconds` of wall time; on an idle core that is as much CPU time."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def build_bare_app(upstream: str, work_us: float = 0.0) -> Any:
+    """Bytes in, bytes out through the sidecar's client: no parsing; SSE chunk by chunk.
+
+    `work_us`: busy work before each (non-streaming) answer is sent.
+    """
     clients: list[UpstreamClient] = []
     json_header = [(b"content-type", b"application/json")]
 
@@ -178,7 +192,10 @@ def build_bare_app(upstream: str) -> Any:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
             else:
-                await send({"type": "http.response.body", "body": await resp.read()})
+                body = await resp.read()
+                if work_us:
+                    _busy(work_us / 1e6)
+                await send({"type": "http.response.body", "body": body})
         finally:
             resp.release()
 
@@ -236,13 +253,24 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
     p.add_argument("--client", choices=tuple(BUILDERS), default="httpx")
+    p.add_argument(
+        "--work-us", type=float, default=0.0, help="bare only: busy CPU work per answer (us)"
+    )
     a = p.parse_args()
-    builder = BUILDERS[a.client]
+    if a.work_us and a.client != "bare":
+        p.error("--work-us needs --client bare")
+    if a.work_us < 0:
+        p.error("--work-us must be >= 0")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((a.host, a.port))
     print(f"PORT {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(builder(a.upstream.rstrip("/")), access_log=False, log_level="warning")
+    upstream = a.upstream.rstrip("/")
+    if a.client == "bare":
+        app = build_bare_app(upstream, a.work_us)
+    else:
+        app = BUILDERS[a.client](upstream)
+    config = uvicorn.Config(app, access_log=False, log_level="warning")
     server = uvicorn.Server(config)
     server.run(sockets=[sock])  # run(): uvicorn sets up uvloop/httptools as it picks
 

@@ -19,7 +19,9 @@ medians reported:
       direct vs proxy (wrk --latency), added p50 and p99 (paired per repeat;
       the upstream's RNG is reseeded before every run, so direct and proxy
       see the same delay sequence); ``--naive-latency`` adds the naive and
-      bare relays;
+      bare relays; ``--work-baselines 150,300`` adds the bare relay doing that
+      many microseconds of busy CPU work per answer: what a known CPU cost
+      per request adds on this machine, next to what the proxy adds;
   (c) streaming: time to first body byte and total, direct vs proxy vs the
       bare relays, at concurrency 16 (a small aiohttp client; wrk cannot
       measure TTFB), and at concurrency 1 paired request by request (no
@@ -27,7 +29,8 @@ medians reported:
 
     .venv/bin/python bench/proxy_overhead.py [--duration 10] [--latency-duration 8]
         [--repeats 3] [--stream-requests 160] [--chunk-gap-ms 10] [--only a,b,c]
-        [--concurrency 1,16,32,64] [--naive-latency] [--extra-sidecar NAME=PYTHONPATH]
+        [--concurrency 1,16,32,64] [--naive-latency] [--work-baselines US,US]
+        [--extra-sidecar NAME=PYTHONPATH]
 
 Results, command and machine of the recorded runs: docs/benchmarks.md.
 
@@ -194,8 +197,12 @@ def start_sidecar(
     return url, proc.pid
 
 
-def start_naive(procs: Procs, upstream: str, client: str = "httpx") -> tuple[str, int]:
+def start_naive(
+    procs: Procs, upstream: str, client: str = "httpx", work_us: float = 0.0
+) -> tuple[str, int]:
     cmd = [PY, str(BENCH / "naive_proxy.py"), "--upstream", upstream + "/v1", "--client", client]
+    if work_us:
+        cmd += ["--work-us", f"{work_us:g}"]
     proc = procs.start(cmd)
     url = f"http://127.0.0.1:{read_port(proc)}"
     time.sleep(1.0)  # the port is bound before uvicorn serves
@@ -439,13 +446,15 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
     up, up_pid = start_upstream(procs, 25, 75)
     proxy, _ = start_sidecar(procs, up, home / "b")
     targets = {"direct": up, "proxy": proxy}
-    baselines = (
-        {"naive": "httpx", "bare": "bare", "bare-aiohttp": "bare-aiohttp"}
+    baselines: dict[str, tuple[str, float]] = (
+        {"naive": ("httpx", 0), "bare": ("bare", 0), "bare-aiohttp": ("bare-aiohttp", 0)}
         if a.naive_latency
         else {}
     )
-    for name, client in baselines.items():
-        targets[name] = start_naive(procs, up, client)[0]
+    for work in a.work_baselines:
+        baselines[f"bare+{work:g}us"] = ("bare", work)
+    for name, (client, work) in baselines.items():
+        targets[name] = start_naive(procs, up, client, work)[0]
     extra = [spec.partition("=") for spec in a.extra_sidecar]
     for name, _, path in extra:
         targets[name] = start_sidecar(procs, up, home / f"b-{name}", path)[0]
@@ -612,6 +621,16 @@ def host_speed() -> str:
     return f"host speed: msgspec decode of one 98 KB answer {best * 1e6:.0f} us"
 
 
+def _work_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("each work time must be > 0 us")
+    return values
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--serve-upstream"]:
         return serve_upstream(sys.argv[2:])
@@ -633,6 +652,13 @@ def main() -> None:
     )
     p.add_argument("--concurrency", default="1,16,32,64", help="(b) concurrencies")
     p.add_argument("--naive-latency", action="store_true", help="naive, bare baselines in (b)")
+    p.add_argument(
+        "--work-baselines",
+        type=_work_list,
+        default=[],
+        metavar="US,US",
+        help="(b) also the bare relay doing that many us of busy CPU work per answer",
+    )
     a = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH (Debian: apt-get install wrk)")
