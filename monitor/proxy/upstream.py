@@ -59,14 +59,14 @@ def build_client(upstream_url: str, settings: ProxySettings) -> UpstreamClient:
 
 
 def forward_headers(raw_headers: Headers, task: str | None = None) -> Headers:
-    """Client headers to pass upstream (Authorization and the like), hop-by-hop removed.
+    """Client headers (ASGI: names lower-case) to pass upstream, hop-by-hop removed.
 
     The resolved task goes along as `X-Thermostat-Task` (also when the client
     named it in `metadata.task`): a model server that applies per-task
     calibration to sampling, like the reference server, needs it; others ignore it.
     """
     drop = _with_connection_options(DROP_REQUEST_HEADERS, raw_headers)
-    out = [(name, value) for name, value in raw_headers if name.lower() not in drop]
+    out = [(name, value) for name, value in raw_headers if name not in drop]
     out.append(_JSON_HEADER)
     if task is not None:
         out.append((b"x-thermostat-task", task.encode()))
