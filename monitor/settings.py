@@ -46,6 +46,10 @@ class RecorderSettings(_Section):
     # Pack and insert batches in a child process, off the request path's GIL
     # (monitor/proxy/writer_process.py); false: in the writer thread.
     writer_process: bool = True
+    # How much lower the writer process's CPU priority is than the request
+    # path's (a nice increment, 0 to 19): on a busy host the scheduler then runs
+    # the event loop first, and the writer catches up when a core is free.
+    writer_nice: int = Field(default=10, ge=0, le=19)
 
 
 class SchedulerSettings(_Section):

@@ -175,7 +175,7 @@ class Recorder:
         url = database_url(self.sessions) if self.settings.writer_process else None
         if url is not None:
             level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-            self._process = WriterProcess(url, level)
+            self._process = WriterProcess(url, level, self.settings.writer_nice)
         self._thread = threading.Thread(target=self._run, name="thermostat-recorder", daemon=True)
         self._thread.start()
 

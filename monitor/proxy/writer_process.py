@@ -11,7 +11,9 @@ the GIL, so records pickle their arrays as raw bytes
 numpy's own reduce, during which the event loop could not run.
 
 The child is a `ProcessPoolExecutor` of one (spawned, so no locks or
-connections are inherited). It ignores SIGINT/SIGTERM: the parent decides when
+connections are inherited). It runs at a lower CPU priority (`writer_nice`):
+its work is never urgent, the request path's always is, and where both wait
+for one core the request path goes first. It ignores SIGINT/SIGTERM: the parent decides when
 it stops, after the last batch; and it exits when the parent dies (even by
 SIGKILL), which a pool worker would not notice by itself. Its answer for a
 batch is a `BatchOutcome`; when the database is unreachable it hands the
@@ -76,9 +78,10 @@ def database_url(sessions: sessionmaker[Session]) -> str | None:
 class WriterProcess:
     """The child that packs and inserts batches (see module docstring)."""
 
-    def __init__(self, url: str, log_level: str) -> None:
+    def __init__(self, url: str, log_level: str, nice: int = 0) -> None:
         self.url = url
         self.log_level = log_level
+        self.nice = nice
         self._pool: ProcessPoolExecutor | None = None
         self._broken_at = -RESTART_INTERVAL_S
 
@@ -109,7 +112,7 @@ class WriterProcess:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_child,
-                initargs=(self.url, self.log_level),
+                initargs=(self.url, self.log_level, self.nice),
             )
         return self._pool
 
@@ -129,10 +132,12 @@ class WriterProcess:
 _sessions: sessionmaker[Session] | None = None
 
 
-def _init_child(url: str, log_level: str) -> None:
+def _init_child(url: str, log_level: str, nice: int) -> None:
     global _sessions
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)  # raising one's own nice value needs no privilege
     threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
     setup_logging(log_level)
 

@@ -75,6 +75,16 @@ def test_batches_are_packed_and_inserted_by_the_child(
         np.testing.assert_allclose(top, records[3].top, rtol=1e-3)
 
 
+@pytest.mark.parametrize("nice", [0, 7])
+def test_the_child_runs_at_the_configured_lower_priority(make_recorder: Any, nice: int) -> None:
+    recorder = make_recorder(writer_process=True, batch_size=1, writer_nice=nice)
+    assert recorder.submit(make_record())
+    assert recorder.wait_idle(30)
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, _child_pid(recorder)) == min(own + nice, 19)
+
+
 def test_a_killed_child_loses_and_duplicates_nothing(
     make_recorder: Any, sessions: sessionmaker[Session], registry: CollectorRegistry
 ) -> None:
