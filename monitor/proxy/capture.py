@@ -38,7 +38,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import msgspec
 import numpy as np
@@ -299,7 +299,7 @@ def _native_split(
     None (not built, K not given or outside int8, or the scanner is unsure of
     the body): the Python path.
     """
-    if _native is None or k is None or not 0 < k < 128:
+    if _native is None or not native_k(k):
         return None
     start = _logprobs_start(body)
     if start < 0:
@@ -316,6 +316,11 @@ def _native_split(
 def native_scanner() -> Any:
     """The C scanner's module, or None where it was not built (or a test turned it off)."""
     return _native
+
+
+def native_k(k: int | None) -> TypeGuard[int]:
+    """Whether the C scanner can fill top-K arrays of this K: 1 to 127 (ranks are int8)."""
+    return k is not None and 0 < k < 128
 
 
 def native_arrays(

@@ -37,6 +37,7 @@ from monitor.proxy.capture import (
     envelope_spans,
     logprob_arrays,
     native_arrays,
+    native_k,
     native_scanner,
 )
 
@@ -151,7 +152,7 @@ class StreamCapture:
         scanner, k = native_scanner(), self.k
         if scanner is None or self.endpoint != "chat" or self._chat or not self._pending:
             return None
-        if k is None or not 0 < k < 128:
+        if not native_k(k):
             return None
         scanned = scanner.scan_chat_many(self._pending, k, msgspec.json.decode)
         return None if scanned is None else native_arrays(scanned, k)
