@@ -136,12 +136,21 @@ def _init_child(url: str, log_level: str, nice: int) -> None:
     global _sessions
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if nice:
-        os.nice(nice)  # raising one's own nice value needs no privilege
-    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
     setup_logging(log_level)
+    lower_priority(nice)
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
 
     _sessions = make_session_factory(build_engine(url, application_name="thermostat-recorder"))
+
+
+def lower_priority(nice: int) -> None:
+    """Raise this process's nice value by `nice`; where that is refused, say so and go on."""
+    if not nice:
+        return
+    try:
+        os.nice(nice)  # lowering one's own priority needs no privilege...
+    except OSError as exc:  # ...but a sandbox may refuse it: the writer still works
+        log.warning("writer process keeps its priority (nice +%d refused: %s)", nice, exc)
 
 
 def _exit_with_parent() -> None:

@@ -85,6 +85,18 @@ def test_the_child_runs_at_the_configured_lower_priority(make_recorder: Any, nic
     assert os.getpriority(os.PRIO_PROCESS, _child_pid(recorder)) == min(own + nice, 19)
 
 
+def test_a_refused_priority_change_is_logged_and_the_writer_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(increment: int) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(writer_process.os, "nice", refuse)
+    with caplog.at_level("WARNING", logger=writer_process.__name__):
+        writer_process.lower_priority(10)
+    assert "keeps its priority (nice +10 refused" in caplog.text
+
+
 def test_a_killed_child_loses_and_duplicates_nothing(
     make_recorder: Any, sessions: sessionmaker[Session], registry: CollectorRegistry
 ) -> None:
