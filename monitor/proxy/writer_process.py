@@ -13,9 +13,9 @@ numpy's own reduce, during which the event loop could not run.
 The child is a `ProcessPoolExecutor` of one (spawned, so no locks or
 connections are inherited). It runs at a lower CPU priority (`writer_nice`):
 its work is never urgent, the request path's always is, and where both wait
-for one core the request path goes first. It ignores SIGINT/SIGTERM: the parent decides when
-it stops, after the last batch; and it exits when the parent dies (even by
-SIGKILL), which a pool worker would not notice by itself. Its answer for a
+for one core the request path goes first. It ignores SIGINT/SIGTERM: the
+parent decides when it stops, after the last batch; and it exits when the
+parent dies (even by SIGKILL), which a pool worker would not notice by itself. Its answer for a
 batch is a `BatchOutcome`; when the database is unreachable it hands the
 packed rows back for the parent to spool. If the child dies, `write` answers
 None and the caller writes that batch itself; a new child is started for
