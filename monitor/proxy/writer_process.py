@@ -15,12 +15,13 @@ connections are inherited). It runs at a lower CPU priority (`writer_nice`):
 its work is never urgent, the request path's always is, and where both wait
 for one core the request path goes first. It ignores SIGINT/SIGTERM: the
 parent decides when it stops, after the last batch; and it exits when the
-parent dies (even by SIGKILL), which a pool worker would not notice by itself. Its answer for a
-batch is a `BatchOutcome`; when the database is unreachable it hands the
-packed rows back for the parent to spool. If the child dies, `write` answers
-None and the caller writes that batch itself; a new child is started for
-later batches, at most once per `RESTART_INTERVAL_S`. Nothing is lost either
-way: the parent keeps every record until the child has answered.
+parent dies (even by SIGKILL), which a pool worker would not notice by
+itself. Its answer for a batch is a `BatchOutcome`; when the database is
+unreachable it hands the packed rows back for the parent to spool. If the
+child dies, `write` answers None and the caller writes that batch itself; a
+new child is started for later batches, at most once per
+`RESTART_INTERVAL_S`. Nothing is lost either way: the parent keeps every
+record until the child has answered.
 """
 
 from __future__ import annotations
