@@ -1,5 +1,5 @@
 /*
- * One pass over a chat response's "logprobs" value, straight into the arrays
+ * One pass over a response's "logprobs" value, straight into the arrays
  * the proxy needs: monitor.proxy.capture's optional native fast path.
  *
  * Why hand-written: on the proxy's critical path (before the response headers,
@@ -21,9 +21,14 @@
  * what msgspec accepts. `decode` (msgspec.json.decode) turns escaped string
  * literals into str, so no JSON unescaping is written here.
  *
- * Also here: scan_chat_many, the same over a stream's chunks (one logprobs
- * object each); window_confidence, the per-response confidence's loop; and
- * buffer_address, for the spans of msgspec.Raw views.
+ * scan_completions does the same for the legacy completions form (parallel
+ * arrays, top_logprobs as {token: logprob} objects), declining what the
+ * Python path would pad, cut or merge (see scan_completion_logprobs).
+ *
+ * Also here: scan_chat_many and scan_completions_many, the same over a
+ * stream's chunks (one logprobs object each); window_confidence, the
+ * per-response confidence's loop; and buffer_address, for the spans of
+ * msgspec.Raw views.
  *
  * Portability: strtod_l and newlocale are POSIX 2008 (glibc, musl, macOS);
  * setup.py builds this module optionally, so a platform without them falls
@@ -582,7 +587,8 @@ static int scan_entry(Cursor *c, Str *token, float *lp, Parsed *out, Row *row) {
 }
 
 /* {"content": [entries] | null, ...} */
-static int scan_logprobs(Cursor *c, Parsed *out) {
+static int scan_logprobs(Cursor *c, Parsed *out, PyObject *decode) {
+    (void)decode;
     Str key;
     int first = 1, r, seen_content = 0;
     skip_ws(c);
@@ -660,6 +666,110 @@ static int alternatives_valid(const Parsed *in, PyObject *decode) {
         if (s == NULL) return 0;
         Py_DECREF(s);
     }
+    return 1;
+}
+
+/* The legacy completions form: parallel arrays, in any key order,
+ * {"tokens": [str], "token_logprobs": [number], "top_logprobs": [{token: number} | null], ...}.
+ * Appends one row per token to `out` (after the rows already there: a stream
+ * scans chunk after chunk). Declines what capture.logprob_arrays would read
+ * differently or not at all: a null logprob (the Python path makes it NaN),
+ * arrays of unequal length (it pads or cuts them), a token repeated within one
+ * top_logprobs object (a dict keeps its last value). */
+static Row *completions_row(Parsed *out, Py_ssize_t base, Py_ssize_t i, Py_ssize_t *filled) {
+    if (!grow((void **)&out->rows, &out->cap_rows, base + i + 1, sizeof(Row))) return NULL;
+    for (; *filled <= i; (*filled)++) {
+        Row *row = &out->rows[base + *filled];
+        row->token = EMPTY;
+        row->lp = SENTINEL;
+        row->first_alt = 0;
+        row->n_alts = 0;
+    }
+    return &out->rows[base + i];
+}
+
+/* 1 when no two of a row's alternatives spell the same token, 0 when two do,
+ * -1 when a token is not a valid string (decline either way but 1). */
+static int distinct_tokens(const Alt *alts, Py_ssize_t n, PyObject *decode) {
+    for (Py_ssize_t i = 1; i < n; i++)
+        for (Py_ssize_t j = 0; j < i; j++) {
+            const Str *a = &alts[i].token, *b = &alts[j].token;
+            if (!a->escaped && !b->escaped && a->len != b->len) continue;
+            int same = same_token(a, b, decode);
+            if (same != 0) return same > 0 ? 0 : -1;
+        }
+    return 1;
+}
+
+static int scan_completion_tops(Cursor *c, Parsed *out, Py_ssize_t base, Py_ssize_t *filled,
+                                Py_ssize_t *count, PyObject *decode) {
+    int first = 1, e;
+    while ((e = next_element(c, &first)) == 1) {
+        Row *row = completions_row(out, base, *count, filled);
+        if (row == NULL) return -1;
+        (*count)++;
+        row->first_alt = out->n_alts;
+        row->n_alts = 0;
+        if (scan_literal(c, "null", 4)) continue;
+        if (c->p >= c->end || *c->p != '{') return 0;
+        c->p++;
+        Str key;
+        int kfirst = 1, r;
+        while ((r = next_key(c, &key, &kfirst)) == 1) {
+            if (!grow((void **)&out->alts, &out->cap_alts, out->n_alts + 1, sizeof(Alt)))
+                return -1;
+            Alt *alt = &out->alts[out->n_alts];
+            alt->token = key;
+            if (!scan_number(c, &alt->lp)) return 0;
+            out->n_alts++;
+            row->n_alts++;
+        }
+        if (r < 0) return 0;
+        int distinct = distinct_tokens(out->alts + row->first_alt, row->n_alts, decode);
+        if (distinct != 1) return distinct < 0 && PyErr_Occurred() ? -1 : 0;
+    }
+    return e == 0;
+}
+
+static int scan_completion_logprobs(Cursor *c, Parsed *out, PyObject *decode) {
+    Str key;
+    Py_ssize_t base = out->n_rows, filled = 0, n_tokens = 0, n_lps = 0, n_tops = 0;
+    int first = 1, r, seen_tokens = 0, seen_lps = 0, seen_tops = 0;
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != '{') return 0;
+    c->p++;
+    while ((r = next_key(c, &key, &first)) == 1) {
+        int is_tokens = key_is(&key, "tokens", 6), is_lps = key_is(&key, "token_logprobs", 14);
+        if (is_tokens || is_lps) {
+            if (is_tokens ? seen_tokens++ : seen_lps++) return 0;
+            if (scan_literal(c, "null", 4)) continue;
+            if (c->p >= c->end || *c->p != '[') return 0;
+            c->p++;
+            Py_ssize_t *count = is_tokens ? &n_tokens : &n_lps;
+            int efirst = 1, e;
+            while ((e = next_element(c, &efirst)) == 1) {
+                Row *row = completions_row(out, base, *count, &filled);
+                if (row == NULL) return -1;
+                (*count)++;
+                if (is_tokens ? !scan_string(c, &row->token) : !scan_number(c, &row->lp))
+                    return 0;
+            }
+            if (e < 0) return 0;
+        } else if (key_is(&key, "top_logprobs", 12)) {
+            if (seen_tops++) return 0;
+            if (scan_literal(c, "null", 4)) continue;
+            if (c->p >= c->end || *c->p != '[') return 0;
+            c->p++;
+            int ok = scan_completion_tops(c, out, base, &filled, &n_tops, decode);
+            if (ok != 1) return ok;
+        } else if (key.escaped) {
+            return 0;
+        } else if (!skip_value(c, 1)) {
+            return 0;
+        }
+    }
+    if (r < 0 || n_lps != n_tokens || n_tops > n_tokens) return 0;
+    out->n_rows = base + n_tokens;
     return 1;
 }
 
@@ -766,28 +876,32 @@ done:
     return result;
 }
 
-static PyObject *scan_chat(PyObject *module, PyObject *args) {
-    (void)module;
+/* One way of reading a logprobs object: scan_logprobs (chat) or
+ * scan_completion_logprobs; 1, 0 (decline) or -1 (memory error). */
+typedef int (*ScanFn)(Cursor *c, Parsed *out, PyObject *decode);
+
+/* scan_chat and scan_completions: the logprobs object at buf[start]. */
+static PyObject *scan_one(PyObject *args, ScanFn scan, const char *format, int check_all) {
     Py_buffer view;
     Py_ssize_t start, k;
     PyObject *decode, *result = NULL;
-    if (!PyArg_ParseTuple(args, "y*nnO:scan_chat", &view, &start, &k, &decode)) return NULL;
+    if (!PyArg_ParseTuple(args, format, &view, &start, &k, &decode)) return NULL;
     Parsed parsed = {0};
     if (start < 0 || start > view.len || k < 1 || k > 127) {
         result = Py_NewRef(Py_None);
         goto done;
     }
     Cursor c = {(const char *)view.buf + start, (const char *)view.buf + view.len};
-    int ok = scan_logprobs(&c, &parsed);
+    int ok = scan(&c, &parsed, decode);
     if (ok < 0) {
-        PyErr_NoMemory();
+        if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
     if (ok == 0) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    result = build_result(&parsed, k, c.p - (const char *)view.buf, decode, 0);
+    result = build_result(&parsed, k, c.p - (const char *)view.buf, decode, check_all);
 done:
     PyMem_Free(parsed.rows);
     PyMem_Free(parsed.alts);
@@ -795,15 +909,13 @@ done:
     return result;
 }
 
-/* A stream's chat logprobs, one JSON object per chunk (bytes each), scanned as
+/* A stream's logprobs, one JSON object per chunk (bytes each), scanned as
  * one answer: the positions of every chunk in order. None when any chunk is
  * not sure (the Python path then decodes chunk by chunk and skips the bad). */
-static PyObject *scan_chat_many(PyObject *module, PyObject *args) {
-    (void)module;
+static PyObject *scan_many(PyObject *args, ScanFn scan, const char *format) {
     PyObject *items, *decode, *result = NULL;
     Py_ssize_t k;
-    if (!PyArg_ParseTuple(args, "O!nO:scan_chat_many", &PyList_Type, &items, &k, &decode))
-        return NULL;
+    if (!PyArg_ParseTuple(args, format, &PyList_Type, &items, &k, &decode)) return NULL;
     Parsed parsed = {0};
     if (k < 1 || k > 127) goto decline;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
@@ -811,9 +923,9 @@ static PyObject *scan_chat_many(PyObject *module, PyObject *args) {
         if (!PyBytes_Check(item)) goto decline;
         const char *buf = PyBytes_AS_STRING(item);
         Cursor c = {buf, buf + PyBytes_GET_SIZE(item)};
-        int ok = scan_logprobs(&c, &parsed);
+        int ok = scan(&c, &parsed, decode);
         if (ok < 0) {
-            PyErr_NoMemory();
+            if (!PyErr_Occurred()) PyErr_NoMemory();
             goto done;
         }
         skip_ws(&c);
@@ -827,6 +939,28 @@ done:
     PyMem_Free(parsed.rows);
     PyMem_Free(parsed.alts);
     return result;
+}
+
+static PyObject *scan_chat(PyObject *module, PyObject *args) {
+    (void)module;
+    return scan_one(args, scan_logprobs, "y*nnO:scan_chat", 0);
+}
+
+static PyObject *scan_chat_many(PyObject *module, PyObject *args) {
+    (void)module;
+    return scan_many(args, scan_logprobs, "O!nO:scan_chat_many");
+}
+
+/* Completions: every top_logprobs key is a dict key to the Python path, which
+ * decodes (and so validates) them all: check_all. */
+static PyObject *scan_completions(PyObject *module, PyObject *args) {
+    (void)module;
+    return scan_one(args, scan_completion_logprobs, "y*nnO:scan_completions", 1);
+}
+
+static PyObject *scan_completions_many(PyObject *module, PyObject *args) {
+    (void)module;
+    return scan_many(args, scan_completion_logprobs, "O!nO:scan_completions_many");
 }
 
 /* log p_T(chosen) of one position, `row` its K alternatives: one row of
@@ -906,6 +1040,10 @@ static PyMethodDef methods[] = {
      "scan_chat(buf, start, k, decode) -> (end, tokens, chosen, top, rank) | None"},
     {"scan_chat_many", scan_chat_many, METH_VARARGS,
      "scan_chat_many(items, k, decode) -> (0, tokens, chosen, top, rank) | None"},
+    {"scan_completions", scan_completions, METH_VARARGS,
+     "scan_completions(buf, start, k, decode) -> (end, tokens, chosen, top, rank) | None"},
+    {"scan_completions_many", scan_completions_many, METH_VARARGS,
+     "scan_completions_many(items, k, decode) -> (0, tokens, chosen, top, rank) | None"},
     {"buffer_address", buffer_address, METH_O, "buffer_address(buffer) -> int"},
     {"window_confidence", window_confidence, METH_VARARGS,
      "window_confidence(chosen, top, rank, k, temperature, how) -> float"},

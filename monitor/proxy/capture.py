@@ -17,9 +17,10 @@ tried from the right, and the candidate is accepted only if both the skeleton
 being unambiguous, that is a proof, not a heuristic. Anything else falls back
 to the two-pass path (envelope with ``Raw`` logprobs, then decode the Raw).
 
-Chat bodies go first through the C scanner (``_logprob_scan.c``, optional):
-it reads choice 0's logprobs in one pass straight into the arrays below, about
-three times faster than the msgspec decode plus ``_arrays``, and its end is
+Bodies go first through the C scanner (``_logprob_scan.c``, optional): it
+reads choice 0's logprobs (chat or completions form) in one pass straight into
+the arrays below, about three times faster than the msgspec decode plus
+``_arrays``, and its end is
 validated by the same skeleton proof. It answers None whenever it is not sure,
 and the msgspec path then decides; ``tests/proxy/test_native_scan.py`` holds
 the two to the same results.
@@ -292,9 +293,9 @@ def _fast_split(
 
 
 def _native_split(
-    body: bytes, k: int | None
+    body: bytes, k: int | None, endpoint: Endpoint = "chat"
 ) -> tuple[_Envelope, list[Span | None], tuple[list[str], F32, F32, I8]] | None:
-    """The native scanner's path for chat bodies: envelope, spans and the arrays.
+    """The native scanner's path: envelope, spans and the arrays.
 
     None (not built, K not given or outside int8, or the scanner is unsure of
     the body): the Python path.
@@ -304,7 +305,8 @@ def _native_split(
     start = _logprobs_start(body)
     if start < 0:
         return None
-    scanned = _native.scan_chat(body, start, k, msgspec.json.decode)
+    scan = _native.scan_chat if endpoint == "chat" else _native.scan_completions
+    scanned = scan(body, start, k, msgspec.json.decode)
     if scanned is None:
         return None
     located = _skeleton(body, start, scanned[0])
@@ -451,6 +453,12 @@ def _arrays(
     return chosen, np.ascontiguousarray(top_t.T), rank
 
 
+def fit(values: list[Any] | None, n: int) -> list[Any]:
+    """``values`` cut or padded with None to length ``n``."""
+    values = list(values or ())[:n]
+    return values + [None] * (n - len(values))
+
+
 def logprob_arrays(
     lp: object, k: int | None, raw: bytes | memoryview | None = None
 ) -> tuple[list[str], F32, F32, I8]:
@@ -477,10 +485,10 @@ def logprob_arrays(
 
     elif isinstance(lp, CompletionLogprobs):
         tokens = lp.tokens or []
-        chosen_lp = list(lp.token_logprobs or [None] * len(tokens))
-        dicts = list(lp.top_logprobs or [])
-        dicts += [None] * (len(tokens) - len(dicts))
-        tops = [d or {} for d in dicts[: len(tokens)]]
+        # The tokens are the positions: the parallel arrays are cut or padded to
+        # them (a missing logprob is NaN), so a malformed answer cannot misalign.
+        chosen_lp = fit(lp.token_logprobs, len(tokens))
+        tops = [d or {} for d in fit(lp.top_logprobs, len(tokens))]
         top_lp = [v for d in tops for v in d.values()]
 
         def row_tokens(i: int) -> list[str]:
@@ -504,7 +512,7 @@ def capture_response(body: bytes, endpoint: Endpoint, k: int | None = None) -> C
     body. Raises CaptureError when the body is not a response object.
     """
     body = bytes(body)
-    native = _native_split(body, k) if endpoint == "chat" else None
+    native = _native_split(body, k, endpoint)
     if native is not None:
         env, spans, (tokens, chosen, top, rank) = native
         has_logprobs = True

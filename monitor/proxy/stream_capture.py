@@ -35,6 +35,7 @@ from monitor.proxy.capture import (
     _ChatToken,
     _choice0,
     envelope_spans,
+    fit,
     logprob_arrays,
     native_arrays,
     native_k,
@@ -138,23 +139,23 @@ class StreamCapture:
             self._saw_logprobs = True
             toks = lp.tokens or []
             self._tokens.extend(toks)
-            self._token_lps.extend(lp.token_logprobs or [None] * len(toks))
-            tops = list(lp.top_logprobs or [])
-            self._tops.extend(tops + [None] * (len(toks) - len(tops)))
+            self._token_lps.extend(fit(lp.token_logprobs, len(toks)))
+            self._tops.extend(fit(lp.top_logprobs, len(toks)))
 
     def _scan_pending(self) -> tuple[list[str], F32, F32, I8] | None:
-        """Chat: every chunk's raw logprobs through the C scanner, in one call.
+        """Every chunk's raw logprobs through the C scanner, in one call.
 
-        None (not built, not chat, something it is unsure of): the Python path,
+        None (not built, something it is unsure of): the Python path,
         which also finds and skips the chunks that cannot be decoded. The chunks
         stay pending, so a second `result()` gives the same answer.
         """
         scanner, k = native_scanner(), self.k
-        if scanner is None or self.endpoint != "chat" or self._chat or not self._pending:
+        if scanner is None or self._chat or self._tokens or not self._pending:
             return None
         if not native_k(k):
             return None
-        scanned = scanner.scan_chat_many(self._pending, k, msgspec.json.decode)
+        scan = scanner.scan_chat_many if self.endpoint == "chat" else scanner.scan_completions_many
+        scanned = scan(self._pending, k, msgspec.json.decode)
         return None if scanned is None else native_arrays(scanned, k)
 
     def result(self, partial: bool | None = None) -> Captured:

@@ -1227,8 +1227,8 @@ def test_capture_response_same_with_and_without_scanner(
     calls: list[int] = []
     real = cap._native_split
 
-    def counting(body: bytes, kk: int) -> Any:
-        out = real(body, kk)
+    def counting(body: bytes, kk: int, endpoint: cap.Endpoint) -> Any:
+        out = real(body, kk, endpoint)
         calls.append(out is not None)
         return out
 
