@@ -127,7 +127,8 @@ static inline int hex4(const char *p) {
 }
 
 /* A string literal at c->p (an opening quote). Validates escapes and control
- * characters; UTF-8 is validated where a string is decoded (Python does it). */
+ * characters; UTF-8 is checked where the string is decoded (decode_str) or by
+ * utf8_valid. */
 static inline int scan_string(Cursor *c, Str *out) {
     const char *p = c->p, *e = c->end;
     if (p >= e || *p != '"') return 0;
@@ -587,8 +588,7 @@ static int scan_entry(Cursor *c, Str *token, float *lp, Parsed *out, Row *row) {
 }
 
 /* {"content": [entries] | null, ...} */
-static int scan_logprobs(Cursor *c, Parsed *out, PyObject *decode) {
-    (void)decode;
+static int scan_logprobs(Cursor *c, Parsed *out) {
     Str key;
     int first = 1, r, seen_content = 0;
     skip_ws(c);
@@ -638,33 +638,120 @@ static PyObject *decode_str(const Str *s, PyObject *decode) {
     return value;
 }
 
-/* Token-string equality for the rows numbers do not settle: 1, 0, or -1 when
- * a literal is not a valid string (decline). Unescaped literals compare as
- * bytes; their UTF-8 is checked afterwards, with every other alternative's
- * (see build_result). */
-static int same_token(const Str *a, const Str *b, PyObject *decode) {
+/* A string literal's UTF-8, byte by byte, its escapes decoded (scan_string
+ * has validated them: known escapes, surrogates in pairs). */
+typedef struct {
+    const char *p, *e;
+    unsigned char pending[4];
+    int n_pending, next;
+} Utf8Bytes;
+
+static int next_byte(Utf8Bytes *it) {
+    if (it->next < it->n_pending) return it->pending[it->next++];
+    if (it->p >= it->e) return -1;
+    unsigned char ch = (unsigned char)*it->p;
+    if (ch != '\\') {
+        it->p++;
+        return ch;
+    }
+    char esc = it->p[1];
+    if (esc != 'u') {
+        it->p += 2;
+        switch (esc) {
+        case 'b': return '\b';
+        case 'f': return '\f';
+        case 'n': return '\n';
+        case 'r': return '\r';
+        case 't': return '\t';
+        default: return (unsigned char)esc; /* " \ / */
+        }
+    }
+    unsigned cp = (unsigned)hex4(it->p + 2);
+    it->p += 6;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        cp = 0x10000 + ((cp - 0xD800) << 10) + ((unsigned)hex4(it->p + 2) - 0xDC00);
+        it->p += 6;
+    }
+    unsigned char *b = it->pending;
+    if (cp < 0x80) {
+        b[0] = (unsigned char)cp;
+        it->n_pending = 1;
+    } else if (cp < 0x800) {
+        b[0] = (unsigned char)(0xC0 | cp >> 6);
+        b[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        it->n_pending = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (unsigned char)(0xE0 | cp >> 12);
+        b[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        b[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        it->n_pending = 3;
+    } else {
+        b[0] = (unsigned char)(0xF0 | cp >> 18);
+        b[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+        b[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        b[3] = (unsigned char)(0x80 | (cp & 0x3F));
+        it->n_pending = 4;
+    }
+    it->next = 1;
+    return b[0];
+}
+
+/* Token-string equality for the rows numbers do not settle and the keys of
+ * one completions top_logprobs object: the two literals' UTF-8 compared, with
+ * escapes decoded, so no Python string is built. The answer holds for valid
+ * UTF-8, which is checked afterwards (alternatives_valid) wherever it was
+ * asked. */
+static int same_token(const Str *a, const Str *b) {
     if (!a->escaped && !b->escaped) return a->len == b->len && memcmp(a->s, b->s, a->len) == 0;
-    PyObject *sa = decode_str(a, decode), *sb = NULL;
-    int eq = -1;
-    if (sa != NULL && (sb = decode_str(b, decode)) != NULL)
-        eq = PyUnicode_Compare(sa, sb) == 0;
-    Py_XDECREF(sa);
-    Py_XDECREF(sb);
-    return eq;
+    Utf8Bytes x = {a->s, a->s + a->len, {0}, 0, 0}, y = {b->s, b->s + b->len, {0}, 0, 0};
+    for (;;) {
+        int bx = next_byte(&x), by = next_byte(&y);
+        if (bx != by) return 0;
+        if (bx < 0) return 1;
+    }
+}
+
+/* Strict UTF-8, as Python's decoder reads it: no overlong forms, no
+ * surrogates, nothing above U+10FFFF. A literal's escapes are ASCII, and
+ * decode to complete sequences, so checking its raw bytes is checking the
+ * string. */
+static int utf8_valid(const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int len;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) {
+            len = 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else {
+            return 0;
+        }
+        if (n - i < len || s[i + 1] < lo || s[i + 1] > hi) return 0;
+        for (int j = 2; j < len; j++)
+            if (s[i + j] < 0x80 || s[i + j] > 0xBF) return 0;
+        i += len;
+    }
+    return 1;
 }
 
 /* Every alternative's token is a valid string: what the Python path checks
  * (by decoding them all) as soon as one row needs token strings. 1, or 0. */
-static int alternatives_valid(const Parsed *in, PyObject *decode) {
+static int alternatives_valid(const Parsed *in) {
     for (Py_ssize_t j = 0; j < in->n_alts; j++) {
         const Str *token = &in->alts[j].token;
-        Py_ssize_t i = 0;
-        if (!token->escaped) /* plain ASCII is valid as it is */
-            while (i < token->len && (unsigned char)token->s[i] < 0x80) i++;
-        if (i == token->len && !token->escaped) continue;
-        PyObject *s = decode_str(token, decode);
-        if (s == NULL) return 0;
-        Py_DECREF(s);
+        if (!utf8_valid((const unsigned char *)token->s, token->len)) return 0;
     }
     return 1;
 }
@@ -688,21 +775,16 @@ static Row *completions_row(Parsed *out, Py_ssize_t base, Py_ssize_t i, Py_ssize
     return &out->rows[base + i];
 }
 
-/* 1 when no two of a row's alternatives spell the same token, 0 when two do,
- * -1 when a token is not a valid string (decline either way but 1). */
-static int distinct_tokens(const Alt *alts, Py_ssize_t n, PyObject *decode) {
+/* 1 when no two of a row's alternatives spell the same token, 0 when two do. */
+static int distinct_tokens(const Alt *alts, Py_ssize_t n) {
     for (Py_ssize_t i = 1; i < n; i++)
-        for (Py_ssize_t j = 0; j < i; j++) {
-            const Str *a = &alts[i].token, *b = &alts[j].token;
-            if (!a->escaped && !b->escaped && a->len != b->len) continue;
-            int same = same_token(a, b, decode);
-            if (same != 0) return same > 0 ? 0 : -1;
-        }
+        for (Py_ssize_t j = 0; j < i; j++)
+            if (same_token(&alts[i].token, &alts[j].token)) return 0;
     return 1;
 }
 
 static int scan_completion_tops(Cursor *c, Parsed *out, Py_ssize_t base, Py_ssize_t *filled,
-                                Py_ssize_t *count, PyObject *decode) {
+                                Py_ssize_t *count) {
     int first = 1, e;
     while ((e = next_element(c, &first)) == 1) {
         Row *row = completions_row(out, base, *count, filled);
@@ -725,13 +807,12 @@ static int scan_completion_tops(Cursor *c, Parsed *out, Py_ssize_t base, Py_ssiz
             row->n_alts++;
         }
         if (r < 0) return 0;
-        int distinct = distinct_tokens(out->alts + row->first_alt, row->n_alts, decode);
-        if (distinct != 1) return distinct < 0 && PyErr_Occurred() ? -1 : 0;
+        if (!distinct_tokens(out->alts + row->first_alt, row->n_alts)) return 0;
     }
     return e == 0;
 }
 
-static int scan_completion_logprobs(Cursor *c, Parsed *out, PyObject *decode) {
+static int scan_completion_logprobs(Cursor *c, Parsed *out) {
     Str key;
     Py_ssize_t base = out->n_rows, filled = 0, n_tokens = 0, n_lps = 0, n_tops = 0;
     int first = 1, r, seen_tokens = 0, seen_lps = 0, seen_tops = 0;
@@ -760,7 +841,7 @@ static int scan_completion_logprobs(Cursor *c, Parsed *out, PyObject *decode) {
             if (scan_literal(c, "null", 4)) continue;
             if (c->p >= c->end || *c->p != '[') return 0;
             c->p++;
-            int ok = scan_completion_tops(c, out, base, &filled, &n_tops, decode);
+            int ok = scan_completion_tops(c, out, base, &filled, &n_tops);
             if (ok != 1) return ok;
         } else if (key.escaped) {
             return 0;
@@ -777,10 +858,10 @@ static int scan_completion_logprobs(Cursor *c, Parsed *out, PyObject *decode) {
  * the chosen token's column is found by its logprob where exactly one
  * alternative holds it above the row's lowest value (or the row is longer
  * than K), by token string otherwise; sentinels become -inf; a stable sort
- * descending; cut or padded to K. Returns 1, 2 when token strings were
- * compared, or -1 to decline. */
+ * descending; cut or padded to K. Returns 1, or 2 when token strings were
+ * compared. */
 static int finish_row(const Row *row, Alt *alts, Py_ssize_t k, float *top, signed char *rank,
-                      PyObject *decode, unsigned char *eq) {
+                      unsigned char *eq) {
     Py_ssize_t n = row->n_alts, j;
     int compared = 0;
     float chosen = row->lp;
@@ -797,11 +878,7 @@ static int finish_row(const Row *row, Alt *alts, Py_ssize_t k, float *top, signe
     int at_lowest = !(chosen > lowest) && n <= k;
     if (matches != 1 || at_lowest || !(chosen > SENTINEL)) {
         compared = 1;
-        for (j = 0; j < n; j++) {
-            int same = same_token(&alts[j].token, &row->token, decode);
-            if (same < 0) return -1;
-            eq[j] = (unsigned char)same;
-        }
+        for (j = 0; j < n; j++) eq[j] = (unsigned char)same_token(&alts[j].token, &row->token);
     }
     for (j = 0; j < n; j++)
         if (alts[j].lp <= SENTINEL) alts[j].lp = -INFINITY;
@@ -857,12 +934,9 @@ static PyObject *build_result(Parsed *in, Py_ssize_t k, Py_ssize_t end, PyObject
         if (token == NULL) goto decline_or_error;
         PyList_SET_ITEM(tokens, i, token);
         chosen_p[i] = row->lp;
-        int finished = finish_row(row, in->alts + row->first_alt, k, top_p + i * k, rank_p + i,
-                                  decode, eq);
-        if (finished < 0) goto decline_or_error;
-        compared |= finished == 2;
+        compared |= finish_row(row, in->alts + row->first_alt, k, top_p + i * k, rank_p + i, eq) == 2;
     }
-    if ((compared || check_all) && !alternatives_valid(in, decode)) goto decline_or_error;
+    if ((compared || check_all) && !alternatives_valid(in)) goto decline_or_error;
     result = Py_BuildValue("nOOOO", end, tokens, chosen, top, rank);
     goto done;
 decline_or_error:
@@ -878,7 +952,7 @@ done:
 
 /* One way of reading a logprobs object: scan_logprobs (chat) or
  * scan_completion_logprobs; 1, 0 (decline) or -1 (memory error). */
-typedef int (*ScanFn)(Cursor *c, Parsed *out, PyObject *decode);
+typedef int (*ScanFn)(Cursor *c, Parsed *out);
 
 /* scan_chat and scan_completions: the logprobs object at buf[start]. */
 static PyObject *scan_one(PyObject *args, ScanFn scan, const char *format, int check_all) {
@@ -892,9 +966,9 @@ static PyObject *scan_one(PyObject *args, ScanFn scan, const char *format, int c
         goto done;
     }
     Cursor c = {(const char *)view.buf + start, (const char *)view.buf + view.len};
-    int ok = scan(&c, &parsed, decode);
+    int ok = scan(&c, &parsed);
     if (ok < 0) {
-        if (!PyErr_Occurred()) PyErr_NoMemory();
+        PyErr_NoMemory();
         goto done;
     }
     if (ok == 0) {
@@ -923,9 +997,9 @@ static PyObject *scan_many(PyObject *args, ScanFn scan, const char *format) {
         if (!PyBytes_Check(item)) goto decline;
         const char *buf = PyBytes_AS_STRING(item);
         Cursor c = {buf, buf + PyBytes_GET_SIZE(item)};
-        int ok = scan(&c, &parsed, decode);
+        int ok = scan(&c, &parsed);
         if (ok < 0) {
-            if (!PyErr_Occurred()) PyErr_NoMemory();
+            PyErr_NoMemory();
             goto done;
         }
         skip_ws(&c);

@@ -447,3 +447,63 @@ def test_unequal_arrays_are_fitted_to_the_tokens(
     events = [chunk('{"tokens":["a"],"token_logprobs":[-1,-2],"top_logprobs":[{"a":-1},{"z":0}]}')]
     _, streamed = stream_capture([*events, *events, b"[DONE]"], 2, native=native)
     assert streamed.tokens == ["a", "a"] and streamed.chosen.tolist() == [-1.0, -1.0]
+
+
+UTF8_EDGES = [  # (raw bytes of a token, valid UTF-8 to Python)
+    (b"\xc2\x80", True),
+    (b"\xdf\xbf", True),
+    (b"\xe0\xa0\x80", True),
+    (b"\xed\x9f\xbf", True),
+    (b"\xee\x80\x80", True),
+    (b"\xef\xbf\xbf", True),
+    (b"\xf0\x90\x80\x80", True),
+    (b"\xf4\x8f\xbf\xbf", True),
+    (b"\xc0\x80", False),  # overlong
+    (b"\xc1\xbf", False),
+    (b"\xe0\x80\x80", False),
+    (b"\xe0\x9f\xbf", False),
+    (b"\xed\xa0\x80", False),  # a surrogate, encoded
+    (b"\xf0\x8f\xbf\xbf", False),
+    (b"\xf4\x90\x80\x80", False),  # above U+10FFFF
+    (b"\xf5\x80\x80\x80", False),
+    (b"\xff", False),
+    (b"\x80", False),  # a continuation byte alone
+    (b"\xc3", False),  # cut short
+    (b"\xe2\x82", False),
+    (b"\xc3\\n", False),  # cut short by an escape
+    (b"\xe2\x82\xac\\u00e9\xc3\xa9", True),
+]
+
+
+@pytest.mark.parametrize(("raw", "valid"), UTF8_EDGES)
+def test_alternatives_are_held_to_pythons_utf8(raw: bytes, valid: bool) -> None:
+    for tokens in ([b"a", raw], [raw, b"a"]):
+        tops = b",".join(b'"%s":-%d' % (t, i + 1) for i, t in enumerate(tokens))
+        lp = b'{"tokens":["a"],"token_logprobs":[-1],"top_logprobs":[{%s}]}' % tops
+        assert (python_path(raw_body(lp), 2) is not None) == valid
+        check(raw_body(lp), 2, accept=valid)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ('\\"', "\\u0022"),
+        ("\\\\", "\\u005C"),
+        ("\\b", "\\u0008"),
+        ("\\f", "\\u000c"),
+        ("\\r", "\\u000D"),
+        ("\\t", "\\u0009"),
+        ("x\\u00e9y", "xéy"),
+        ("\\u6771\\u4eac", "東京"),
+        ("\\uD83D\\uDE42!", "🙂!"),
+        ("\\u0000", "\\u0000"),
+    ],
+)
+def test_escaped_spellings_compare_by_their_string(a: str, b: str) -> None:
+    """One string spelled two ways: a duplicate key (declined), and the chat rank's match."""
+    lp = f'{{"tokens":["x"],"token_logprobs":[-1],"top_logprobs":[{{"{a}":-1,"{b}":-2}}]}}'
+    check(raw_body(lp), 2, accept=False)
+    lp = f'{{"tokens":["{a}"],"token_logprobs":[-1],"top_logprobs":[{{"{b}":-1,"z":-1}}]}}'
+    assert check(raw_body(lp), 2, accept=True)
+    got = cap._native_split(raw_body(lp), 2, "completions")
+    assert got is not None and got[2][3].tolist() == [0]  # tie broken by the string
