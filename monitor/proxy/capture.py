@@ -18,12 +18,12 @@ being unambiguous, that is a proof, not a heuristic. Anything else falls back
 to the two-pass path (envelope with ``Raw`` logprobs, then decode the Raw).
 
 Bodies go first through the C scanner (``_logprob_scan.c``, optional): it
-reads choice 0's logprobs (chat or completions form) in one pass straight into
-the arrays below, about three times faster than the msgspec decode plus
-``_arrays``, and its end is
-validated by the same skeleton proof. It answers None whenever it is not sure,
-and the msgspec path then decides; ``tests/proxy/test_native_scan.py`` holds
-the two to the same results.
+reads choice 0's logprobs (chat or completions form) in one pass straight
+into the arrays below, three to four times faster than the msgspec decode
+plus ``_arrays``, and its end is validated by the same skeleton proof. It
+answers None whenever it is not sure, and the msgspec path then decides;
+``tests/proxy/test_native_scan.py`` and ``test_native_scan_completions.py``
+hold the two to the same results.
 
 Array layout (what the recorder packs and confidence aggregation reads):
 ``chosen`` float32 (n,), the sampled token's logprob as sent (vLLM clamps -inf
