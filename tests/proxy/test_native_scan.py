@@ -58,10 +58,10 @@ def scanner() -> Any:
     return cap._native
 
 
-def python_path(body: bytes, k: int) -> Result | None:
+def python_path(body: bytes, k: int, endpoint: cap.Endpoint = "chat") -> Result | None:
     """The Python path's (envelope, spans, arrays); arrays None: no logprobs. None: rejected."""
     try:
-        env, lp, spans = cap.split_body(body, "chat")
+        env, lp, spans = cap.split_body(body, endpoint)
         c0 = cap._choice0(env)
         span = spans[c0] if c0 >= 0 else None
         raw = memoryview(body)[span[0] : span[1]] if span else None
@@ -71,9 +71,9 @@ def python_path(body: bytes, k: int) -> Result | None:
     return env, spans, arrays
 
 
-def native_path(body: bytes, k: int) -> Result | None:
+def native_path(body: bytes, k: int, endpoint: cap.Endpoint = "chat") -> Result | None:
     scanner()
-    return cap._native_split(body, k)
+    return cap._native_split(body, k, endpoint)
 
 
 def envelope_fields(env: Any) -> tuple[Any, ...]:
@@ -110,16 +110,16 @@ def assert_same(nat: Result, py: Result | None, k: int, body: bytes = b"") -> No
     assert_same_arrays(n_arrays, p_arrays, k, what)
 
 
-def check(body: bytes, k: int, accept: bool | None = None) -> bool:
+def check(body: bytes, k: int, accept: bool | None = None, endpoint: cap.Endpoint = "chat") -> bool:
     """Contract on one body; ``accept``: also require the scanner to (not) take it."""
-    nat = native_path(body, k)
+    nat = native_path(body, k, endpoint)
     if accept is not None:
         assert (nat is not None) == accept, (
             "the scanner declined" if accept else "the scanner accepted",
             body[:2000],
         )
     if nat is not None:
-        assert_same(nat, python_path(body, k), k, body)
+        assert_same(nat, python_path(body, k, endpoint), k, body)
     return nat is not None
 
 
@@ -266,16 +266,16 @@ def test_fake_upstream_random_responses() -> None:
     assert expected > 100 and accepted >= expected
 
 
-@pytest.mark.parametrize(
-    "dumps",
-    [
-        lambda o: json.dumps(o, indent=2).encode(),
-        lambda o: json.dumps(o, indent="\t", ensure_ascii=False).encode(),
-        lambda o: json.dumps(o, indent=0, separators=(" ,", " : ")).encode(),
-        lambda o: json.dumps(o, indent=1).replace("\n", "\r\n").encode() + b"\r\n ",
-        lambda o: json.dumps(o, separators=(",\n\t", " :\r\n")).encode(),
-    ],
-)
+PRETTY: list[Callable[[Any], bytes]] = [
+    lambda o: json.dumps(o, indent=2).encode(),
+    lambda o: json.dumps(o, indent="\t", ensure_ascii=False).encode(),
+    lambda o: json.dumps(o, indent=0, separators=(" ,", " : ")).encode(),
+    lambda o: json.dumps(o, indent=1).replace("\n", "\r\n").encode() + b"\r\n ",
+    lambda o: json.dumps(o, separators=(",\n\t", " :\r\n")).encode(),
+]
+
+
+@pytest.mark.parametrize("dumps", PRETTY)
 def test_whitespace_and_pretty_printing(dumps: Callable[[Any], bytes]) -> None:
     for k in (1, 3, 4):
         check(body_of(ROWS, dumps), k, accept=True)
@@ -1253,11 +1253,13 @@ def test_capture_response_same_with_and_without_scanner(
 # --- 7. streams: every chunk's logprobs scanned in one call --------------------------
 
 
-def stream_capture(events: list[bytes], k: int, native: bool) -> tuple[StreamCapture, Captured]:
+def stream_capture(
+    events: list[bytes], k: int, native: bool, endpoint: cap.Endpoint = "chat"
+) -> tuple[StreamCapture, Captured]:
     saved = cap._native
     cap._native = saved if native else None
     try:
-        sc = StreamCapture("chat", k=k)
+        sc = StreamCapture(endpoint, k=k)
         for payload in events:
             sc.feed(payload)
         return sc, sc.result()

@@ -24,19 +24,18 @@ from hypothesis import strategies as st
 from monitor.proxy import capture as cap
 from monitor.proxy.capture import Captured
 from monitor.proxy.stream_capture import StreamCapture
+from tests.proxy import test_native_scan as chat_scan
 from tests.proxy.test_native_scan import (
     DECODE,
     F32_LOGPROBS,
-    PYTHON_REJECTS,
+    PRETTY,
     RANK_CASES,
     ROWS,
     SENT,
     TOKEN_ALPHABET,
     TRICKY_TOKENS,
     WIDE,
-    Result,
     Row,
-    assert_same,
     mutate,
     responses,
     scanner,
@@ -44,27 +43,13 @@ from tests.proxy.test_native_scan import (
 from tests.support.fake_upstream import random_response, render_json, shuffled
 
 
-def python_path(body: bytes, k: int) -> Result | None:
-    try:
-        env, lp, spans = cap.split_body(body, "completions")
-        arrays = None if lp is None else cap.logprob_arrays(lp, k)
-    except PYTHON_REJECTS:
-        return None
-    return env, spans, arrays
-
-
 def check(body: bytes, k: int, accept: bool | None = None) -> bool:
-    """Contract on one body; ``accept``: also require the scanner to (not) take it."""
-    scanner()
-    nat = cap._native_split(body, k, "completions")
-    if accept is not None:
-        assert (nat is not None) == accept, (
-            "the scanner declined" if accept else "the scanner accepted",
-            body[:2000],
-        )
-    if nat is not None:
-        assert_same(nat, python_path(body, k), k, body)
-    return nat is not None
+    """The chat file's contract check, on the completions path."""
+    return chat_scan.check(body, k, accept, "completions")
+
+
+def python_path(body: bytes, k: int) -> chat_scan.Result | None:
+    return chat_scan.python_path(body, k, "completions")
 
 
 def logprobs_of(rows: list[Row]) -> dict[str, Any]:
@@ -130,15 +115,7 @@ def test_fake_upstream_random_responses() -> None:
     assert expected > 100 and accepted >= expected
 
 
-@pytest.mark.parametrize(
-    "dumps",
-    [
-        lambda o: json.dumps(o, indent=2).encode(),
-        lambda o: json.dumps(o, indent="\t", ensure_ascii=False).encode(),
-        lambda o: json.dumps(o, indent=0, separators=(" ,", " : ")).encode(),
-        lambda o: json.dumps(o, separators=(",\n\t", " :\r\n")).encode(),
-    ],
-)
+@pytest.mark.parametrize("dumps", PRETTY)
 def test_whitespace_and_pretty_printing(dumps: Callable[[Any], bytes]) -> None:
     for k in (1, 3, 4):
         check(body_of(ROWS, dumps), k, accept=True)
@@ -370,15 +347,7 @@ def assert_same_captured(got: Captured, want: Captured) -> None:
 
 
 def stream_capture(events: list[bytes], k: int, native: bool) -> tuple[StreamCapture, Captured]:
-    saved = cap._native
-    cap._native = saved if native else None
-    try:
-        sc = StreamCapture("completions", k=k)
-        for payload in events:
-            sc.feed(payload)
-        return sc, sc.result()
-    finally:
-        cap._native = saved
+    return chat_scan.stream_capture(events, k, native, "completions")
 
 
 def chunk(logprobs: bytes | str) -> bytes:
