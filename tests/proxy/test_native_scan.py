@@ -1239,15 +1239,20 @@ def test_capture_response_same_with_and_without_scanner(
         monkeypatch.setattr(cap, "_native", None)
         python = cap.capture_response(body, "chat", k)
         monkeypatch.undo()
-        for field in ("endpoint", "model", "text", "finish_reason", "prompt_tokens",
-                      "completion_tokens", "n_choices", "has_logprobs", "tokens",
-                      "logprobs_spans", "partial"):  # fmt: skip
-            assert getattr(native, field) == getattr(python, field), field
-        for field in ("chosen", "top", "chosen_rank"):
-            a, b = getattr(native, field), getattr(python, field)
-            assert a.dtype == b.dtype and a.shape == b.shape, field
-            assert np.array_equal(a, b), field
+        assert_same_captured(native, python)
     assert calls == [True, True, False]
+
+
+def assert_same_captured(got: Captured, want: Captured, equal_nan: bool = False) -> None:
+    """Every field of two captures equal; ``equal_nan``: NaN logprobs (nulls) count as equal."""
+    for field in ("endpoint", "model", "text", "finish_reason", "prompt_tokens",
+                  "completion_tokens", "n_choices", "has_logprobs", "tokens",
+                  "logprobs_spans", "partial"):  # fmt: skip
+        assert getattr(got, field) == getattr(want, field), field
+    for field in ("chosen", "top", "chosen_rank"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert a.dtype == b.dtype and a.shape == b.shape, field
+        assert np.array_equal(a, b, equal_nan=equal_nan and a.dtype.kind == "f"), field
 
 
 # --- 7. streams: every chunk's logprobs scanned in one call --------------------------
@@ -1340,9 +1345,15 @@ def test_stream_with_a_chunk_the_python_path_skips_is_declined(bad: bytes | str)
     assert sc.bad_chunks == 1 and got.tokens == ["a", "a"]
 
 
-def test_scan_chat_many_rejects_what_is_not_a_list_of_bytes() -> None:
-    many = scanner().scan_chat_many
-    item = b'{"content":[{"token":"a","logprob":-1}]}'
+@pytest.mark.parametrize(
+    ("name", "item"),
+    [
+        ("scan_chat_many", b'{"content":[{"token":"a","logprob":-1}]}'),
+        ("scan_completions_many", b'{"tokens":["a"],"token_logprobs":[-1]}'),
+    ],
+)
+def test_scan_many_rejects_what_is_not_a_list_of_bytes(name: str, item: bytes) -> None:
+    many = getattr(scanner(), name)
     assert many([item, item], 2, DECODE)[1] == ["a", "a"]
     assert many([item, bytearray(item)], 2, DECODE) is None
     assert many([item + b" x"], 2, DECODE) is None  # trailing bytes after the object
