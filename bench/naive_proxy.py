@@ -155,8 +155,10 @@ def _bare_asgi(start: Callable[[], Awaitable[Relay]], stop: Callable[[], Awaitab
     return app
 
 
-async def _send_start(send: Any, status: int, content_type: bytes) -> None:
+async def _send_start(send: Any, status: int, content_type: bytes, delay: bytes | None) -> None:
     headers = [(b"content-type", content_type)]
+    if delay is not None:  # the benchmark upstream's delay, passed on as the sidecar does
+        headers.append((b"x-upstream-delay-us", delay))
     await send({"type": "http.response.start", "status": status, "headers": headers})
 
 
@@ -186,7 +188,7 @@ def build_bare_app(upstream: str, work_us: float = 0.0) -> Any:
         resp = await clients[0].request(scope["method"], path, json_header, body or None)
         try:
             ctype = resp.header(b"content-type") or b"application/json"
-            await _send_start(send, resp.status, ctype)
+            await _send_start(send, resp.status, ctype, resp.header(b"x-upstream-delay-us"))
             if ctype.startswith(b"text/event-stream"):
                 async for chunk in resp.iter_chunks():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -225,7 +227,10 @@ def build_bare_aiohttp_app(upstream: str) -> Any:
         async with sessions[0].request(
             scope["method"], url, data=body or None, headers=json_headers
         ) as resp:
-            await _send_start(send, resp.status, resp.content_type.encode())
+            delay = resp.headers.get("x-upstream-delay-us")
+            await _send_start(
+                send, resp.status, resp.content_type.encode(), delay and delay.encode()
+            )
             if resp.content_type == "text/event-stream":
                 async for chunk in resp.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})

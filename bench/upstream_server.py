@@ -112,7 +112,7 @@ class Upstream(asyncio.Protocol):
         self.busy = True
         loop = asyncio.get_running_loop()
         if stream:
-            loop.call_later(delay, self._stream, list(self.cat.stream[path]))
+            loop.call_later(delay, self._stream, list(self.cat.stream[path]), delay)
         elif delay:
             loop.call_later(delay, self._send, self.cat.full[path])
         else:
@@ -124,14 +124,16 @@ class Upstream(asyncio.Protocol):
         self.busy = False
         self._next()
 
-    def _stream(self, chunks: list[bytes]) -> None:
+    def _stream(self, chunks: list[bytes], delay: float) -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        # The delay drawn for this answer, so a client can subtract it exactly.
+        head = self.cat.stream_head[:-2] + b"X-Upstream-Delay-Us: %d\r\n\r\n" % (delay * 1e6)
         gap = self.args.stream_chunk_delay_ms / 1000
         if not gap:
-            self._send(self.cat.stream_head + b"".join(chunks) + b"0\r\n\r\n")
+            self._send(head + b"".join(chunks) + b"0\r\n\r\n")
             return
-        self.transport.write(self.cat.stream_head)
+        self.transport.write(head)
         loop = asyncio.get_running_loop()
 
         def step(i: int) -> None:
