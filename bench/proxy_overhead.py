@@ -58,7 +58,7 @@ import tempfile
 import time
 import timeit
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,6 +332,15 @@ STREAM_BODY = (
 )
 
 
+def upstream_delay_ms(headers: Mapping[str, str]) -> float:
+    """The delay the benchmark upstream drew for this answer; a relay that drops
+    the header would make every lag a whole delay too long, so that fails loudly."""
+    value = headers.get("x-upstream-delay-us")
+    if value is None:
+        raise RuntimeError("no X-Upstream-Delay-Us header: the relay did not pass it on")
+    return int(value) / 1e3
+
+
 async def _stream_run(
     url: str, n: int, conc: int
 ) -> tuple[list[float], list[float], int, list[float]]:
@@ -359,7 +368,7 @@ async def _stream_run(
                 first = None
                 try:
                     async with session.post(url + CHAT, data=STREAM_BODY, headers=headers) as r:
-                        delay_ms = int(r.headers.get("x-upstream-delay-us", 0)) / 1e3
+                        delay_ms = upstream_delay_ms(r.headers)
                         async for chunk in r.content.iter_any():
                             if first is None and chunk:
                                 first = time.perf_counter()
