@@ -229,7 +229,7 @@ def build_bare_aiohttp_app(upstream: str) -> Any:
         ) as resp:
             delay = resp.headers.get("x-upstream-delay-us")
             await _send_start(
-                send, resp.status, resp.content_type.encode(), delay and delay.encode()
+                send, resp.status, resp.content_type.encode(), delay.encode() if delay else None
             )
             if resp.content_type == "text/event-stream":
                 async for chunk in resp.content.iter_any():

@@ -2,7 +2,8 @@
 
 Serves the ~100 KB, 200-token, top-5 vLLM-shaped bodies of ``responses.py``
 for ``POST /v1/chat/completions`` and ``POST /v1/completions`` (SSE with ~200
-chunks when the request has ``"stream": true``), and ``GET /v1/models``. A bare
+chunks when the request has ``"stream": true``; its head names the delay drawn
+for it in ``X-Upstream-Delay-Us``), and ``GET /v1/models``. A bare
 ``asyncio.Protocol`` with a minimal HTTP/1.1 parser and keep-alive (uvloop when
 installed) so the upstream is never the bottleneck of a proxy benchmark: tens
 of thousands of req/s on loopback.
