@@ -368,7 +368,9 @@ async def _stream_run(
                 first = None
                 try:
                     async with session.post(url + CHAT, data=STREAM_BODY, headers=headers) as r:
-                        delay_ms = upstream_delay_ms(r.headers)
+                        # Only an answer carries the upstream's head; a relay's own
+                        # error (502, 504) is counted below, as before.
+                        delay_ms = upstream_delay_ms(r.headers) if r.status == 200 else 0.0
                         async for chunk in r.content.iter_any():
                             if first is None and chunk:
                                 first = time.perf_counter()
