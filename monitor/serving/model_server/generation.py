@@ -13,6 +13,7 @@ under ``Engine.lock`` so one generation uses the model at a time.
 
 from __future__ import annotations
 
+import inspect
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -153,6 +154,7 @@ class Engine:
         self.lock = threading.Lock()
         self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.cache_name = _cache_name(model)
         self._token_text: dict[int, str] = {}
 
     def token_text(self, token_id: int) -> str:
@@ -191,8 +193,9 @@ class Engine:
             while produced < budget:
                 if cancel.is_set():
                     return
-                out = self.model(input_ids=step_ids, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                kv = {self.cache_name: cache}
+                out = self.model(input_ids=step_ids, use_cache=True, **kv)
+                cache = getattr(out, self.cache_name)
                 raw = out.logits[0, -1].float()
                 token_id = _sample(raw, params, gen)
                 produced += 1
@@ -250,6 +253,15 @@ def _sample(raw: Any, params: SamplingParams, gen: Any) -> int:
         sorted_probs = torch.where(before < params.top_p, sorted_probs, 0.0)
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _cache_name(model: Any) -> str:
+    """The name the model's forward gives its KV cache, in and out.
+
+    transformers 5 calls it `cache` and deprecates `past_key_values` (gone in
+    5.40); 4.x, which pyproject still allows, knows only `past_key_values`.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
