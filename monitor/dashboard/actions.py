@@ -20,6 +20,7 @@ from monitor.dashboard.session import (
     check_csrf,
     clear_session_cookie,
     current_session,
+    revoke,
 )
 from monitor.db.models.enums import JobTrigger
 from monitor.deps import RuntimeDep, SessionDep, SettingsDep
@@ -44,7 +45,10 @@ Action = Annotated[DashboardSession, Depends(csrf_checked)]
 
 
 @router.post("/logout")
-def logout(request: Request, page: Action) -> Response:
+def logout(request: Request, page: Action, session: SessionDep) -> Response:
+    if not page.loopback_mode:
+        revoke(session, page)
+        session.commit()
     response = redirect(request, "/dashboard/login", "Signed out.")
     clear_session_cookie(response)
     return response

@@ -20,15 +20,14 @@ from monitor.dashboard import repository, views
 from monitor.dashboard.actions import router as actions_router
 from monitor.dashboard.rendering import HERE, DashboardRoute, error_page, redirect, render
 from monitor.dashboard.session import (
-    SESSION_COOKIE,
     DashboardSession,
     check_admin_token,
     current_session,
     issue_session,
     login_allowed_without_token,
-    read_session,
     safe_next,
     set_session_cookie,
+    signed_in,
     signing_key,
 )
 from monitor.deps import SessionDep, SettingsDep
@@ -50,10 +49,10 @@ def stylesheet() -> FileResponse:
 
 
 @router.get("/login")
-def login_form(request: Request, settings: SettingsDep, next: str | None = None) -> Response:
-    if settings.admin_token is not None and read_session(
-        signing_key(request), request.cookies.get(SESSION_COOKIE)
-    ):
+def login_form(
+    request: Request, settings: SettingsDep, session: SessionDep, next: str | None = None
+) -> Response:
+    if signed_in(request, session) is not None:
         return redirect(request, safe_next(next))
     context = {
         "next": safe_next(next),

@@ -5,7 +5,9 @@ itsdangerous is not a dependency (and SessionMiddleware needs it), and the
 need is tiny: one signed value `v1.<expires>.<session id>.<mac>`. The MAC key
 is derived from the admin token, so rotating the token signs every session
 out; without a token (loopback-only mode) a random per-process key is used.
-The session is stateless: logout clears the cookie, and expiry bounds replay.
+Signing out clears the cookie and records the session id as revoked
+(`dashboard_revoked_sessions`), so a copy of the cookie held elsewhere ends
+too, in every api process; the row is deleted once the cookie has expired.
 
 CSRF: every form carries `csrf_token = HMAC(key, "csrf." + session id)`,
 checked in constant time on POST. The cookie is also SameSite=Strict, so a
@@ -23,13 +25,19 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
 
 from monitor.auth import is_loopback, tokens_match
+from monitor.db.dialect import insert_ignoring_conflicts
+from monitor.db.models import RevokedDashboardSession
+from monitor.deps import SessionDep
 from monitor.settings import Settings
 
 SESSION_COOKIE = "thermostat_session"
@@ -125,13 +133,32 @@ def login_allowed_without_token(request: Request) -> bool:
     return settings.admin_token is None and is_loopback(client)
 
 
-def current_session(request: Request) -> DashboardSession:
-    """The page dependency: a valid session, or loopback mode, else LoginRequired."""
-    key = signing_key(request)
-    session = read_session(key, request.cookies.get(SESSION_COOKIE))
+def signed_in(request: Request, db: Session) -> DashboardSession | None:
+    """The request's session if its cookie is valid and was not signed out."""
     settings: Settings = request.app.state.settings
-    if session is not None and settings.admin_token is not None:
+    if settings.admin_token is None:
+        return None
+    session = read_session(signing_key(request), request.cookies.get(SESSION_COOKIE))
+    if session is None or db.get(RevokedDashboardSession, session.session_id) is not None:
+        return None
+    return session
+
+
+def revoke(db: Session, session: DashboardSession) -> None:
+    """End the session everywhere; forget sign-outs whose cookies have expired anyway."""
+    now = datetime.now(UTC)
+    db.execute(delete(RevokedDashboardSession).where(RevokedDashboardSession.expires_at <= now))
+    expires_at = datetime.fromtimestamp(session.expires_at, UTC)
+    row = {"session_id": session.session_id, "expires_at": expires_at}
+    insert_ignoring_conflicts(db, RevokedDashboardSession, [row])
+
+
+def current_session(request: Request, db: SessionDep) -> DashboardSession:
+    """The page dependency: a valid session, or loopback mode, else LoginRequired."""
+    session = signed_in(request, db)
+    if session is not None:
         return session
+    key = signing_key(request)
     if login_allowed_without_token(request):
         return DashboardSession("loopback", 0, True, csrf_for(key, "loopback"))
     path = request.url.path

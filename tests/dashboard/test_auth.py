@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.routing import APIRoute
@@ -15,7 +16,7 @@ from monitor.app import create_app
 from monitor.dashboard import actions
 from monitor.dashboard import router as pages
 from monitor.dashboard import session as dash_session
-from monitor.db.models import RecalibrationJob
+from monitor.db.models import RecalibrationJob, RevokedDashboardSession
 from monitor.settings import Settings
 from tests.dashboard.conftest import ADMIN_TOKEN, CSRF_RE, QUIET_SCHEDULER, sign_in
 from tests.dashboard.seed import DRIFTING
@@ -137,6 +138,48 @@ def test_logout_needs_csrf_and_ends_the_session(client: TestClient) -> None:
     assert response.status_code == 303
     assert response.headers["location"] == "/dashboard/login"
     assert client.get("/dashboard", follow_redirects=False).status_code == 303
+
+
+def test_signing_out_ends_every_copy_of_the_session(
+    client: TestClient, dashboard_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A copied cookie (another browser, another api process) ends with the sign-out."""
+    csrf = sign_in(client)
+    copied = client.cookies[dash_session.SESSION_COOKIE]
+    with TestClient(create_app(dashboard_settings, role="api")) as other_process:
+        other_process.cookies.set(dash_session.SESSION_COOKIE, copied)
+        assert other_process.get("/dashboard", follow_redirects=False).status_code == 200
+        still_signed_in = TestClient(create_app(dashboard_settings, role="api"))
+        with still_signed_in:
+            sign_in(still_signed_in)
+            client.post("/dashboard/logout", data={"csrf_token": csrf}, follow_redirects=False)
+            page = other_process.get("/dashboard", follow_redirects=False)
+            assert page.status_code == 303
+            assert page.headers["location"].startswith("/dashboard/login")
+            # The login form is shown, not a redirect back to the ended session.
+            assert other_process.get("/dashboard/login", follow_redirects=False).status_code == 200
+            assert still_signed_in.get("/dashboard", follow_redirects=False).status_code == 200
+    with sessions() as session:
+        assert session.scalars(select(RevokedDashboardSession.session_id)).all() == [
+            copied.split(".")[2]
+        ]
+
+
+def test_expired_sign_outs_are_forgotten(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    with sessions() as session:
+        session.add(
+            RevokedDashboardSession(
+                session_id="long-gone", expires_at=datetime.now(UTC) - timedelta(days=1)
+            )
+        )
+        session.commit()
+    csrf = sign_in(client)
+    client.post("/dashboard/logout", data={"csrf_token": csrf}, follow_redirects=False)
+    with sessions() as session:
+        ids = session.scalars(select(RevokedDashboardSession.session_id)).all()
+    assert "long-gone" not in ids and len(ids) == 1
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from monitor.db.models import (
     Generation,
     MetricSnapshot,
     RecalibrationJob,
+    RevokedDashboardSession,
     Task,
     Webhook,
     WebhookAttempt,
@@ -136,6 +137,9 @@ def _seed_every_table(engine: Engine) -> None:
                 status_code=200,
             )
         )
+        conn.execute(
+            insert(RevokedDashboardSession.__table__).values(session_id="s1", expires_at=NOW)
+        )
 
 
 def test_single_head() -> None:
@@ -180,7 +184,9 @@ def test_ensure_schema_refuses_stale_postgres_and_migrates_sqlite(empty_db_url: 
             with pytest.raises(DatabaseError, match="thermostat db upgrade"):
                 migrate.ensure_schema(engine, auto_upgrade=False)
             migrate.upgrade(engine)
-            assert migrate.ensure_schema(engine, auto_upgrade=False) == "0001"
+            assert migrate.ensure_schema(engine, auto_upgrade=False) == migrate.head_revision(
+                engine
+            )
         else:
             migrate.ensure_schema(engine, auto_upgrade=True)
             assert migrate.current_revision(engine) == migrate.head_revision(engine)

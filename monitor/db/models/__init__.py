@@ -2,6 +2,7 @@
 
 from monitor.db.models.alerting import Alert, Webhook, WebhookAttempt, WebhookDelivery
 from monitor.db.models.calibration import Calibration, RecalibrationJob
+from monitor.db.models.dashboard import RevokedDashboardSession
 from monitor.db.models.metrics import MetricSnapshot
 from monitor.db.models.traffic import Feedback, Generation, Task
 
@@ -12,6 +13,7 @@ __all__ = [
     "Generation",
     "MetricSnapshot",
     "RecalibrationJob",
+    "RevokedDashboardSession",
     "Task",
     "Webhook",
     "WebhookAttempt",
