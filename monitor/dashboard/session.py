@@ -158,9 +158,8 @@ def current_session(request: Request, db: SessionDep) -> DashboardSession:
     session = signed_in(request, db)
     if session is not None:
         return session
-    key = signing_key(request)
     if login_allowed_without_token(request):
-        return DashboardSession("loopback", 0, True, csrf_for(key, "loopback"))
+        return DashboardSession("loopback", 0, True, csrf_for(signing_key(request), "loopback"))
     path = request.url.path
     if request.url.query and request.method == "GET":
         path += "?" + request.url.query
