@@ -146,9 +146,14 @@ def test_operator_journey(
         assert page.locator("section.webhook").count() == 2
         assert page.locator("button:text('Re-enable')").count() == 1
 
-        # Sign out: the session is gone.
+        # Sign out: the session is gone, a copy of its cookie included.
+        copied = [c for c in page.context.cookies() if c["name"] == "thermostat_session"]
+        assert len(copied) == 1
         page.click("button:text('Sign out')")
         page.wait_for_url(f"{base}/dashboard/login")
+        page.goto(f"{base}/dashboard/jobs")
+        assert page.url.startswith(f"{base}/dashboard/login")
+        page.context.add_cookies(copied)
         page.goto(f"{base}/dashboard/jobs")
         assert page.url.startswith(f"{base}/dashboard/login")
 
