@@ -146,19 +146,21 @@ def test_signing_out_ends_every_copy_of_the_session(
     """A copied cookie (another browser, another api process) ends with the sign-out."""
     csrf = sign_in(client)
     copied = client.cookies[dash_session.SESSION_COOKIE]
-    with TestClient(create_app(dashboard_settings, role="api")) as other_process:
+    with (
+        TestClient(create_app(dashboard_settings, role="api")) as other_process,
+        TestClient(create_app(dashboard_settings, role="api")) as still_signed_in,
+    ):
         other_process.cookies.set(dash_session.SESSION_COOKIE, copied)
         assert other_process.get("/dashboard", follow_redirects=False).status_code == 200
-        still_signed_in = TestClient(create_app(dashboard_settings, role="api"))
-        with still_signed_in:
-            sign_in(still_signed_in)
-            client.post("/dashboard/logout", data={"csrf_token": csrf}, follow_redirects=False)
-            page = other_process.get("/dashboard", follow_redirects=False)
-            assert page.status_code == 303
-            assert page.headers["location"].startswith("/dashboard/login")
-            # The login form is shown, not a redirect back to the ended session.
-            assert other_process.get("/dashboard/login", follow_redirects=False).status_code == 200
-            assert still_signed_in.get("/dashboard", follow_redirects=False).status_code == 200
+        sign_in(still_signed_in)
+        out = client.post("/dashboard/logout", data={"csrf_token": csrf}, follow_redirects=False)
+        assert out.status_code == 303
+        page = other_process.get("/dashboard", follow_redirects=False)
+        assert page.status_code == 303
+        assert page.headers["location"].startswith("/dashboard/login")
+        # The login form is shown, not a redirect back to the ended session.
+        assert other_process.get("/dashboard/login", follow_redirects=False).status_code == 200
+        assert still_signed_in.get("/dashboard", follow_redirects=False).status_code == 200
     with sessions() as session:
         assert session.scalars(select(RevokedDashboardSession.session_id)).all() == [
             copied.split(".")[2]
