@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.app import create_app
+from monitor.dashboard.session import SESSION_COOKIE
 from monitor.runtime import ROLE_SERVICES
 from monitor.settings import Settings
 from tests.dashboard.conftest import ADMIN_TOKEN
@@ -147,7 +148,7 @@ def test_operator_journey(
         assert page.locator("button:text('Re-enable')").count() == 1
 
         # Sign out: the session is gone, a copy of its cookie included.
-        copied = [c for c in page.context.cookies() if c["name"] == "thermostat_session"]
+        copied = [c for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
         assert len(copied) == 1
         page.click("button:text('Sign out')")
         page.wait_for_url(f"{base}/dashboard/login")
