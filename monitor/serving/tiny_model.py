@@ -238,8 +238,7 @@ def _build_into(tmp: Path, *, seed: int, digest: str) -> None:
 
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = pad_id
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    save_quietly(model, tokenizer, tmp)
     _check_reload(tmp, tokenizer, docs[:20])
     marker = {
         "recipe_hash": digest,
@@ -250,6 +249,24 @@ def _build_into(tmp: Path, *, seed: int, digest: str) -> None:
     }
     # Written last: its presence is what marks the directory as complete.
     (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def save_quietly(model: Any, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    """`save_pretrained` without transformers' "Writing model shards" bar.
+
+    The tiny model is one shard written in milliseconds; its bar only broke the
+    demo's first step in two. The caller's progress-bar setting is restored.
+    """
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def _check_reload(path: Path, built: PreTrainedTokenizerFast, samples: list[str]) -> None:
