@@ -26,7 +26,7 @@ from monitor.feedback.schemas import (
     parse_item,
     parse_json,
 )
-from monitor.feedback.service import FeedbackService, Item
+from monitor.feedback.service import FeedbackService, Item, other_processes_wait_s
 from monitor.http_errors import error_response
 from monitor.proxy.metrics import proxy_metrics
 from monitor.proxy.recorder import get_recorder
@@ -41,7 +41,12 @@ def _body_schema(model: type[Any]) -> dict[str, Any]:
 
 def _service(request: Request) -> FeedbackService:
     runtime = get_runtime(request)
-    return FeedbackService(runtime.sessions, get_recorder(runtime), proxy_metrics(runtime))
+    return FeedbackService(
+        runtime.sessions,
+        get_recorder(runtime),
+        proxy_metrics(runtime),
+        other_processes_wait_s=other_processes_wait_s(runtime.settings.recorder),
+    )
 
 
 @router.post(

@@ -8,7 +8,11 @@ exactly these rows); the generation cannot be checked then, so feedback is
 accepted for any id rather than lost.
 
 Feedback may precede its generation row (still in the recorder's queue): it
-is accepted when `recorder.is_pending(id)`. Label consistency with the
+is accepted when `recorder.is_pending(id)`. Behind a load balancer it may
+also reach another api process than the one that served the answer, whose
+queue this process cannot see: an id that such a process may still be
+recording (`may_be_in_flight`) is looked up again for a short while before
+it is called unknown (`_wait_for_other_processes`). Label consistency with the
 writer follows "write, commit, then look again": after committing feedback
 whose generation row was missing, the label is recomputed once more, and the
 writer does the same after committing generations, so one of the two always
@@ -17,6 +21,7 @@ sees the other's committed rows.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -43,10 +48,17 @@ from monitor.proxy.metrics import ProxyMetrics
 from monitor.proxy.recorder import Recorder
 from monitor.proxy.records import FeedbackRecord
 from monitor.proxy.row_writer import is_unavailable
+from monitor.settings import RecorderSettings
 
 log = logging.getLogger(__name__)
 
 _LOCK_RETRIES = 3
+# The oldest id feedback waits for: the proxy mints an id when the request
+# arrives and records the generation when the answer ends, so this bounds how
+# long an answer (a stream) may last. Older ids are answered at once.
+IN_FLIGHT_HORIZON_S = 3600.0
+_CLOCK_SKEW_S = 60.0  # ids minted by a host whose clock runs ahead
+_POLL_S = (0.02, 0.05, 0.1, 0.2)  # then every 0.2 s until the wait is over
 
 
 @dataclass(slots=True)
@@ -63,11 +75,17 @@ Item = FeedbackIn | ValidationFailed
 
 class FeedbackService:
     def __init__(
-        self, sessions: sessionmaker[Session], recorder: Recorder | None, metrics: ProxyMetrics
+        self,
+        sessions: sessionmaker[Session],
+        recorder: Recorder | None,
+        metrics: ProxyMetrics,
+        *,
+        other_processes_wait_s: float = 0.0,
     ) -> None:
         self.sessions = sessions
         self.recorder = recorder
         self.metrics = metrics
+        self.other_processes_wait_s = other_processes_wait_s
 
     def submit(self, items: Sequence[Item]) -> list[Outcome]:
         """Write every valid item durably (database, else spool); one outcome per item."""
@@ -87,6 +105,11 @@ class FeedbackService:
         return outcomes
 
     def _to_database_or_spool(self, items: list[FeedbackIn]) -> dict[int, Outcome]:
+        try:
+            self._wait_for_other_processes(items)
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                raise  # an outage is met again below, and the items are spooled
         for attempt in range(_LOCK_RETRIES):
             try:
                 return self._to_database(items)
@@ -99,6 +122,33 @@ class FeedbackService:
                 log.warning("database unavailable for feedback (%s); spooling", exc.__class__)
                 break
         return {index: self._to_spool(item) for index, item in enumerate(items)}
+
+    def _wait_for_other_processes(self, items: list[FeedbackIn]) -> None:
+        """Give generations another api process may still be recording time to land.
+
+        Its writer commits every `flush_interval_s`, so an answer it served a
+        moment ago may not be in the database yet. Only ids that could be in
+        flight are waited for, once per request, for `other_processes_wait_s`
+        at most; what is still missing then is answered 404 as before.
+        """
+        if self.other_processes_wait_s <= 0:
+            return
+        now = time.time()
+        waiting = {
+            item.generation_id
+            for item in items
+            if may_be_in_flight(item.generation_id, now)
+            and not (self.recorder and self.recorder.is_pending(item.generation_id))
+        }
+        deadline = time.monotonic() + self.other_processes_wait_s
+        pauses = itertools.chain(_POLL_S, itertools.repeat(_POLL_S[-1]))
+        while waiting:
+            with session_scope(self.sessions) as session:
+                waiting -= generations.existing_ids(session, waiting)
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
+                return
+            time.sleep(min(next(pauses), left))
 
     def _to_database(self, items: list[FeedbackIn]) -> dict[int, Outcome]:
         results: dict[int, Outcome] = {}
@@ -164,6 +214,26 @@ class FeedbackService:
             error = DatabaseError("database unavailable and feedback could not be spooled")
             return Outcome(503, error=error)
         return Outcome(201, feedback=to_out(record, stored="spool"))
+
+
+def other_processes_wait_s(recorder: RecorderSettings) -> float:
+    """How long feedback waits for another api process's writer: four of its
+    flush intervals and a second, in which a healthy database commits a batch
+    it has begun. Every api process is assumed to share the recorder settings."""
+    return 1.0 + 4 * recorder.flush_interval_s
+
+
+def may_be_in_flight(generation_id: uuid.UUID, now: float) -> bool:
+    """Whether some api process may still be recording this generation.
+
+    The proxy mints RFC 9562 v7 ids, whose first 48 bits are the Unix time in
+    milliseconds at which the request arrived. Any other id (a client's v4,
+    say), or one older than `IN_FLIGHT_HORIZON_S`, cannot be in flight.
+    """
+    if generation_id.version != 7:
+        return False
+    minted = (generation_id.int >> 80) / 1000
+    return now - IN_FLIGHT_HORIZON_S <= minted <= now + _CLOCK_SKEW_S
 
 
 def _record(item: FeedbackIn, sha: str) -> FeedbackRecord:
