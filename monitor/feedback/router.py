@@ -26,7 +26,7 @@ from monitor.feedback.schemas import (
     parse_item,
     parse_json,
 )
-from monitor.feedback.service import FeedbackService, Item, other_processes_wait_s
+from monitor.feedback.service import FeedbackService, Item, Outcome, other_processes_wait_s
 from monitor.http_errors import error_response
 from monitor.proxy.metrics import proxy_metrics
 from monitor.proxy.recorder import get_recorder
@@ -49,6 +49,12 @@ def _service(request: Request) -> FeedbackService:
     )
 
 
+async def _submit(request: Request, items: list[Item]) -> list[Outcome]:
+    service = _service(request)
+    await service.wait_for_other_processes(items)
+    return await run_in_threadpool(service.submit, items)
+
+
 @router.post(
     "",
     status_code=201,
@@ -58,7 +64,7 @@ def _service(request: Request) -> FeedbackService:
 )
 async def post_feedback(request: Request) -> JSONResponse:
     item = parse_item(parse_json(await request.body()))
-    [outcome] = await run_in_threadpool(_service(request).submit, [item])
+    [outcome] = await _submit(request, [item])
     if outcome.error is not None:
         error = outcome.error
         return error_response(error.status_code, error.message, error.code, error.field)
@@ -77,7 +83,7 @@ async def post_feedback_batch(request: Request) -> JSONResponse:
             items.append(parse_item(data, prefix=f"items.{index}"))
         except ValidationFailed as exc:
             items.append(exc)
-    outcomes = await run_in_threadpool(_service(request).submit, items)
+    outcomes = await _submit(request, items)
     results = []
     for index, outcome in enumerate(outcomes):
         result = BatchResult(index=index, status=outcome.status)

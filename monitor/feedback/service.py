@@ -12,7 +12,7 @@ is accepted when `recorder.is_pending(id)`. Behind a load balancer it may
 also reach another api process than the one that served the answer, whose
 queue this process cannot see: an id that such a process may still be
 recording (`may_be_in_flight`) is looked up again for a short while before
-it is called unknown (`_wait_for_other_processes`). Label consistency with the
+it is called unknown (`wait_for_other_processes`). Label consistency with the
 writer follows "write, commit, then look again": after committing feedback
 whose generation row was missing, the label is recomputed once more, and the
 writer does the same after committing generations, so one of the two always
@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -105,11 +106,6 @@ class FeedbackService:
         return outcomes
 
     def _to_database_or_spool(self, items: list[FeedbackIn]) -> dict[int, Outcome]:
-        try:
-            self._wait_for_other_processes(items)
-        except SQLAlchemyError as exc:
-            if not is_unavailable(exc):
-                raise  # an outage is met again below, and the items are spooled
         for attempt in range(_LOCK_RETRIES):
             try:
                 return self._to_database(items)
@@ -123,13 +119,14 @@ class FeedbackService:
                 break
         return {index: self._to_spool(item) for index, item in enumerate(items)}
 
-    def _wait_for_other_processes(self, items: list[FeedbackIn]) -> None:
+    async def wait_for_other_processes(self, items: Sequence[Item]) -> None:
         """Give generations another api process may still be recording time to land.
 
         Its writer commits every `flush_interval_s`, so an answer it served a
         moment ago may not be in the database yet. Only ids that could be in
         flight are waited for, once per request, for `other_processes_wait_s`
-        at most; what is still missing then is answered 404 as before.
+        at most; what is still missing then is answered 404 by `submit`. The
+        wait sleeps on the event loop: no worker thread is held meanwhile.
         """
         if self.other_processes_wait_s <= 0:
             return
@@ -137,18 +134,30 @@ class FeedbackService:
         waiting = {
             item.generation_id
             for item in items
-            if may_be_in_flight(item.generation_id, now)
-            and not (self.recorder and self.recorder.is_pending(item.generation_id))
+            if isinstance(item, FeedbackIn) and may_be_in_flight(item.generation_id, now)
         }
         deadline = time.monotonic() + self.other_processes_wait_s
         pauses = itertools.chain(_POLL_S, itertools.repeat(_POLL_S[-1]))
         while waiting:
-            with session_scope(self.sessions) as session:
-                waiting -= generations.existing_ids(session, waiting)
+            try:
+                waiting = await anyio.to_thread.run_sync(self._not_yet_recorded, waiting)
+            except SQLAlchemyError as exc:
+                if not is_unavailable(exc):
+                    raise
+                return  # `submit` meets the same outage and spools the items
             left = deadline - time.monotonic()
             if not waiting or left <= 0:
                 return
-            time.sleep(min(next(pauses), left))
+            await anyio.sleep(min(next(pauses), left))
+
+    def _not_yet_recorded(self, ids: set[uuid.UUID]) -> set[uuid.UUID]:
+        """The ids neither in this process's recorder nor in the database."""
+        if self.recorder is not None:
+            ids = {i for i in ids if not self.recorder.is_pending(i)}
+        if not ids:
+            return ids
+        with session_scope(self.sessions) as session:
+            return ids - generations.existing_ids(session, ids)
 
     def _to_database(self, items: list[FeedbackIn]) -> dict[int, Outcome]:
         results: dict[int, Outcome] = {}
