@@ -25,6 +25,7 @@ def test_save_shows_no_bar_and_restores_the_setting(
         num_key_value_heads=1,
     )
     model = Qwen2ForCausalLM(config)
+    before = hf_logging.is_progress_bar_enabled()
     (hf_logging.enable_progress_bar if bars_enabled else hf_logging.disable_progress_bar)()
     try:
         capfd.readouterr()
@@ -32,7 +33,7 @@ def test_save_shows_no_bar_and_restores_the_setting(
         captured = capfd.readouterr()
         assert hf_logging.is_progress_bar_enabled() is bars_enabled
     finally:
-        hf_logging.enable_progress_bar()
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
     assert "Writing model shards" not in captured.err + captured.out
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert reloaded.config.hidden_size == 8
