@@ -45,13 +45,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def uuid7() -> uuid.UUID:
+def uuid7(unix_ms: int | None = None) -> uuid.UUID:
     """A time-ordered UUID (RFC 9562 v7): inserts append to the primary-key index.
 
-    Python 3.11 has no uuid7; the layout is 48 bits of Unix milliseconds, the
-    version, then random bits.
+    Python 3.11 has no uuid7; the layout is 48 bits of Unix milliseconds (now,
+    unless `unix_ms` is given), the version, then random bits.
     """
-    millis = time.time_ns() // 1_000_000
+    millis = time.time_ns() // 1_000_000 if unix_ms is None else unix_ms
     rand = int.from_bytes(os.urandom(10), "big")
     value = (millis & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76
@@ -59,6 +59,11 @@ def uuid7() -> uuid.UUID:
     value |= 0b10 << 62  # RFC 4122 variant
     value |= rand & ((1 << 62) - 1)
     return uuid.UUID(int=value)
+
+
+def uuid7_unix_ms(value: uuid.UUID) -> int | None:
+    """When a v7 id was made, in Unix milliseconds; None for any other version."""
+    return value.int >> 80 if value.version == 7 else None
 
 
 def storable_text(value: str) -> str:

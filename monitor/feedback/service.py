@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.db.models import Feedback
 from monitor.db.session import session_scope
+from monitor.db.types import uuid7_unix_ms
 from monitor.errors import (
     ConflictError,
     DatabaseError,
@@ -239,10 +240,10 @@ def may_be_in_flight(generation_id: uuid.UUID, now: float) -> bool:
     milliseconds at which the request arrived. Any other id (a client's v4,
     say), or one older than `IN_FLIGHT_HORIZON_S`, cannot be in flight.
     """
-    if generation_id.version != 7:
+    minted_ms = uuid7_unix_ms(generation_id)
+    if minted_ms is None:
         return False
-    minted = (generation_id.int >> 80) / 1000
-    return now - IN_FLIGHT_HORIZON_S <= minted <= now + _CLOCK_SKEW_S
+    return now - IN_FLIGHT_HORIZON_S <= minted_ms / 1000 <= now + _CLOCK_SKEW_S
 
 
 def _record(item: FeedbackIn, sha: str) -> FeedbackRecord:

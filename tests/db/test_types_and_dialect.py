@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.db.dialect import LeaderLock, claim_next, insert_ignoring_conflicts, upsert
 from monitor.db.models import Generation, RecalibrationJob, Task
 from monitor.db.session import session_scope
-from monitor.db.types import uuid7
+from monitor.db.types import uuid7, uuid7_unix_ms
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -67,6 +68,17 @@ def test_uuid7_is_time_ordered_and_versioned() -> None:
     assert len(set(ids)) == 200
     millis = [u.int >> 80 for u in ids]
     assert millis == sorted(millis)
+
+
+def test_uuid7_carries_its_time() -> None:
+    at = 1_765_000_000_123
+    made = uuid7(at)
+    assert made.version == 7 and made.int >> 80 == at
+    assert uuid7_unix_ms(made) == at
+    assert uuid7(at) != made  # the same millisecond, other random bits
+    now_ms = uuid7_unix_ms(uuid7())
+    assert now_ms is not None and abs(now_ms - time.time() * 1000) < 1000
+    assert uuid7_unix_ms(uuid.uuid4()) is None
 
 
 def test_insert_ignoring_conflicts_is_idempotent(engine: Engine) -> None:

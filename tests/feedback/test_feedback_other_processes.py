@@ -42,9 +42,7 @@ def _recorder(client: TestClient) -> Recorder:
 
 
 def _uuid7_at(seconds_from_now: float) -> uuid.UUID:
-    fresh = uuid7()
-    millis = int((time.time() + seconds_from_now) * 1000)
-    return uuid.UUID(int=(fresh.int & ((1 << 80) - 1)) | (millis << 80))
+    return uuid7(int((time.time() + seconds_from_now) * 1000))
 
 
 def test_feedback_waits_for_a_generation_another_process_is_writing(
