@@ -27,7 +27,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from monitor.calibration.aggregation import generation_confidence
 from monitor.calibration.packing import from_openai_logprobs
 from tests.support.fake_upstream import WORDS, FakeUpstream
-from tests.support.servers import serve_handler
+from tests.support.servers import free_port, serve_handler
 
 TOP_K = 5
 T = TypeVar("T")
@@ -286,6 +286,31 @@ def start_sidecar(role: str, port: int, env: dict[str, str], log_dir: Path) -> S
             cwd=Path(__file__).resolve().parents[2],
         )
     return Sidecar(role, port, process, log_path)
+
+
+@contextmanager
+def api_replicas(
+    count: int, db_url: str, upstream_url: str, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[list[Sidecar]]:
+    """`count` real api processes on one database and upstream, each with its own
+    home, like replicas behind a load balancer; ready on entry, stopped on exit."""
+    sidecars: list[Sidecar] = []
+    try:
+        for n in range(count):
+            replica_env = {
+                "THERMOSTAT_DATABASE_URL": db_url,
+                "THERMOSTAT_UPSTREAM_URL": upstream_url,
+                "THERMOSTAT_HOME": str(log_dir / f"home{n}"),
+                "THERMOSTAT_LOG_LEVEL": "WARNING",
+                **(env or {}),
+            }
+            sidecars.append(start_sidecar("api", free_port(), replica_env, log_dir))
+        for sidecar in sidecars:
+            sidecar.wait_ready()
+        yield sidecars
+    finally:
+        for sidecar in sidecars:
+            sidecar.stop()
 
 
 def dump(obj: Any) -> str:

@@ -17,61 +17,47 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.support import Sidecar, start_sidecar, wait_for
+from tests.e2e.support import api_replicas, wait_for
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.servers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
 ANSWERS = 4
+FLUSH_EVERY_1S = {"THERMOSTAT_RECORDER__FLUSH_INTERVAL_S": "1.0"}
 
 
 def test_feedback_reaching_the_other_replica_is_accepted(db_url: str, tmp_path: Path) -> None:
-    with FakeUpstream() as upstream:
-        sidecars: list[Sidecar] = []
-        try:
-            for n in range(2):
-                env = {
-                    "THERMOSTAT_DATABASE_URL": db_url,
-                    "THERMOSTAT_UPSTREAM_URL": upstream.base_url,
-                    "THERMOSTAT_HOME": str(tmp_path / f"home{n}"),
-                    "THERMOSTAT_LOG_LEVEL": "WARNING",
-                    "THERMOSTAT_RECORDER__FLUSH_INTERVAL_S": "1.0",
-                }
-                sidecars.append(start_sidecar("api", free_port(), env, tmp_path))
-            for sidecar in sidecars:
-                sidecar.wait_ready()
-            served, other = sidecars
-            client = openai.OpenAI(base_url=served.base_url + "/v1", api_key="k", max_retries=0)
-            posted: dict[str, tuple[bool, str]] = {}
-            with httpx.Client(base_url=other.base_url, timeout=30) as http:
-                for n in range(ANSWERS):
-                    raw = client.chat.completions.with_raw_response.create(
-                        model="m",
-                        messages=[{"role": "user", "content": f"question {n}"}],
-                        max_tokens=8,
-                        extra_headers={"X-Thermostat-Task": "replicas"},
-                    )
-                    gid = raw.headers["x-thermostat-generation-id"]
-                    # Not written yet, and the other process never saw it.
-                    assert http.get(f"/api/generations/{gid}").status_code == 404
-                    label = n % 2 == 0
-                    body = {"generation_id": gid, "label": label}
-                    response = http.post("/v1/feedback", json=body)
-                    assert response.status_code == 201, (response.text, other.log())
-                    posted[gid] = (label, response.json()["id"])
+    with (
+        FakeUpstream() as upstream,
+        api_replicas(2, db_url, upstream.base_url, tmp_path, FLUSH_EVERY_1S) as (served, other),
+    ):
+        client = openai.OpenAI(base_url=served.base_url + "/v1", api_key="k", max_retries=0)
+        posted: dict[str, tuple[bool, str]] = {}
+        with httpx.Client(base_url=other.base_url, timeout=30) as http:
+            for n in range(ANSWERS):
+                raw = client.chat.completions.with_raw_response.create(
+                    model="m",
+                    messages=[{"role": "user", "content": f"question {n}"}],
+                    max_tokens=8,
+                    extra_headers={"X-Thermostat-Task": "replicas"},
+                )
+                gid = raw.headers["x-thermostat-generation-id"]
+                # Not written yet, and the other process never saw it.
+                assert http.get(f"/api/generations/{gid}").status_code == 404
+                label = n % 2 == 0
+                body = {"generation_id": gid, "label": label}
+                response = http.post("/v1/feedback", json=body)
+                assert response.status_code == 201, (response.text, other.log())
+                posted[gid] = (label, response.json()["id"])
 
-                def recorded() -> dict[str, Any] | None:
-                    details = {gid: http.get(f"/api/generations/{gid}") for gid in posted}
-                    if any(r.status_code != 200 for r in details.values()):
-                        return None
-                    return {gid: r.json() for gid, r in details.items()}
+            def recorded() -> dict[str, Any] | None:
+                details = {gid: http.get(f"/api/generations/{gid}") for gid in posted}
+                if any(r.status_code != 200 for r in details.values()):
+                    return None
+                return {gid: r.json() for gid, r in details.items()}
 
-                details = wait_for(recorded, 30, "every generation to be written")
-            for gid, (label, feedback_id) in posted.items():
-                assert details[gid]["task"] == "replicas"
-                assert details[gid]["label"] == (1.0 if label else 0.0)
-                assert [f["id"] for f in details[gid]["feedback"]] == [feedback_id]
-        finally:
-            for sidecar in sidecars:
-                sidecar.stop()
+            details = wait_for(recorded, 30, "every generation to be written")
+    for gid, (label, feedback_id) in posted.items():
+        assert details[gid]["task"] == "replicas"
+        assert details[gid]["label"] == (1.0 if label else 0.0)
+        assert [f["id"] for f in details[gid]["feedback"]] == [feedback_id]

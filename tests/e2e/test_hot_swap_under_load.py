@@ -28,9 +28,8 @@ from monitor.db.models import Calibration, Generation
 from monitor.db.session import session_scope
 from monitor.db.types import utcnow
 from monitor.tasks.repository import ensure_tasks
-from tests.e2e.support import Sidecar, start_sidecar, wait_for
+from tests.e2e.support import Sidecar, api_replicas, wait_for
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.servers import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -172,45 +171,35 @@ def test_activation_and_rollback_under_load_across_two_processes(
     db_url: str, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     ids = add_versions(sessions)
-    with FakeUpstream() as upstream:
-        sidecars: list[Sidecar] = []
-        try:
-            for n in range(2):
-                env = {
-                    "THERMOSTAT_DATABASE_URL": db_url,
-                    "THERMOSTAT_UPSTREAM_URL": upstream.base_url,
-                    "THERMOSTAT_HOME": str(tmp_path / f"home{n}"),
-                    "THERMOSTAT_LOG_LEVEL": "WARNING",
-                    # Only the NOTIFY can explain a switch within a second.
-                    "THERMOSTAT_HOT_SWAP__RESYNC_INTERVAL_S": "300",
-                    "THERMOSTAT_RECORDER__FLUSH_INTERVAL_S": "0.05",
-                }
-                sidecars.append(start_sidecar("api", free_port(), env, tmp_path))
-            for sidecar in sidecars:
-                sidecar.wait_ready()
-            samples, failures, switches = asyncio.run(run_load(sidecars, ids))
+    env = {
+        # Only the NOTIFY can explain a switch within a second.
+        "THERMOSTAT_HOT_SWAP__RESYNC_INTERVAL_S": "300",
+        "THERMOSTAT_RECORDER__FLUSH_INTERVAL_S": "0.05",
+    }
+    with (
+        FakeUpstream() as upstream,
+        api_replicas(2, db_url, upstream.base_url, tmp_path, env) as sidecars,
+    ):
+        samples, failures, switches = asyncio.run(run_load(sidecars, ids))
 
-            assert failures == [], failures[:5]
-            assert len(samples) > 500, len(samples)
+        assert failures == [], failures[:5]
+        assert len(samples) > 500, len(samples)
 
-            # Every generation row names the version its response was served with.
-            served = {uuid.UUID(s.generation_id): s.version for s in samples}
+        # Every generation row names the version its response was served with.
+        served = {uuid.UUID(s.generation_id): s.version for s in samples}
 
-            def rows() -> dict[uuid.UUID, int | None] | None:
-                with session_scope(sessions) as session:
-                    stmt = select(Generation.id, Generation.calibration_version).where(
-                        Generation.task == TASK
-                    )
-                    found = {row.id: row.calibration_version for row in session.execute(stmt)}
-                return found if len(found) >= len(served) else None
+        def rows() -> dict[uuid.UUID, int | None] | None:
+            with session_scope(sessions) as session:
+                stmt = select(Generation.id, Generation.calibration_version).where(
+                    Generation.task == TASK
+                )
+                found = {row.id: row.calibration_version for row in session.execute(stmt)}
+            return found if len(found) >= len(served) else None
 
-            recorded = wait_for(rows, 60, "the recorders to write every generation")
-            assert recorded == served
-            assert set(recorded.values()) == {None, 1, 2}
-        finally:
-            logs = [s.log() for s in sidecars]
-            for sidecar in sidecars:
-                sidecar.stop()
+        recorded = wait_for(rows, 60, "the recorders to write every generation")
+        assert recorded == served
+        assert set(recorded.values()) == {None, 1, 2}
+    logs = [s.log() for s in sidecars]
     assert all("Traceback" not in log for log in logs), logs
 
     report = []
