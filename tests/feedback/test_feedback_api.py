@@ -12,9 +12,8 @@ from sqlalchemy import func, select
 
 from monitor.app import create_app
 from monitor.db.models import Feedback
-from monitor.proxy.recorder import Recorder
 from monitor.settings import Settings
-from tests.recorder.helpers import make_record, unreachable_sessions, wait_for
+from tests.recorder.helpers import make_record, recorder_of, unreachable_sessions, wait_for
 
 FEEDBACK = {"Authorization": "Bearer fb-token"}
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -31,15 +30,9 @@ def client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
         yield test_client
 
 
-def _recorder(client: TestClient) -> Recorder:
-    recorder = client.app.state.runtime.extras["recorder"]  # type: ignore[attr-defined]
-    assert isinstance(recorder, Recorder)
-    return recorder
-
-
 def _generation(client: TestClient, wait: bool = True, **overrides: Any) -> str:
     record = make_record(**overrides)
-    recorder = _recorder(client)
+    recorder = recorder_of(client)
     assert recorder.submit(record)
     if wait:
         assert recorder.wait_idle()
@@ -207,7 +200,7 @@ def test_feedback_before_its_generation_is_written(
         assert client.get(f"/api/generations/{gid}", headers=ADMIN).status_code == 404
         response = _post(client, {"generation_id": gid, "label": True, "source": "grader"})
         assert response.status_code == 201, response.text
-        assert _recorder(client).wait_idle()
+        assert recorder_of(client).wait_idle()
         detail = _detail(client, gid)
         assert detail["label"] == 1.0
         assert [f["id"] for f in detail["feedback"]] == [response.json()["id"]]
@@ -215,7 +208,7 @@ def test_feedback_before_its_generation_is_written(
 
 def test_feedback_is_spooled_while_the_database_is_down(client: TestClient, backend: str) -> None:
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
-    recorder = _recorder(client)
+    recorder = recorder_of(client)
     good = runtime.sessions
     down = unreachable_sessions(backend)
     runtime.sessions = recorder.sessions = down

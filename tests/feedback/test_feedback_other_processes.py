@@ -12,14 +12,18 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from monitor.app import create_app
 from monitor.db.types import uuid7
-from monitor.feedback.service import IN_FLIGHT_HORIZON_S, may_be_in_flight
-from monitor.proxy.recorder import Recorder
+from monitor.feedback.service import (
+    IN_FLIGHT_HORIZON_S,
+    may_be_in_flight,
+    other_processes_wait_s,
+)
 from monitor.settings import Settings
-from tests.recorder.helpers import make_record, unreachable_sessions
+from tests.recorder.helpers import make_record, recorder_of, unreachable_sessions
 
 FEEDBACK = {"Authorization": "Bearer fb-token"}
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -35,12 +39,6 @@ def _replica(make_settings: Callable[..., Settings], home: Path, flush_s: float)
     return TestClient(create_app(settings, role="api"))
 
 
-def _recorder(client: TestClient) -> Recorder:
-    recorder = client.app.state.runtime.extras["recorder"]  # type: ignore[attr-defined]
-    assert isinstance(recorder, Recorder)
-    return recorder
-
-
 def _uuid7_at(seconds_from_now: float) -> uuid.UUID:
     return uuid7(int((time.time() + seconds_from_now) * 1000))
 
@@ -52,14 +50,14 @@ def test_feedback_waits_for_a_generation_another_process_is_writing(
         _replica(make_settings, tmp_path / "a", flush_s=0.5) as served,
         _replica(make_settings, tmp_path / "b", flush_s=0.25) as other,
     ):
-        writer = _recorder(served)
+        writer = recorder_of(served)
         assert writer.submit(make_record()) and writer.wait_idle()  # its writer is up
         record = make_record()
         assert writer.submit(record)
         gid = str(record.id)
         # Not written yet, and the other replica's recorder never saw it.
         assert other.get(f"/api/generations/{gid}", headers=ADMIN).status_code == 404
-        assert not _recorder(other).is_pending(record.id)
+        assert not recorder_of(other).is_pending(record.id)
         response = other.post(
             "/v1/feedback", json={"generation_id": gid, "label": True}, headers=FEEDBACK
         )
@@ -73,8 +71,10 @@ def test_feedback_waits_for_a_generation_another_process_is_writing(
 def test_an_id_never_recorded_is_404_after_the_wait(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    wait_s = 1.0 + 4 * 0.05  # other_processes_wait_s at this flush interval
     with _replica(make_settings, tmp_path / "b", flush_s=0.05) as client:
+        settings = client.app.state.settings  # type: ignore[attr-defined]
+        wait_s = other_processes_wait_s(settings.recorder)
+        assert wait_s == pytest.approx(1.2)  # a second and four flush intervals
 
         def post(generation_id: uuid.UUID) -> tuple[int, float]:
             started = time.monotonic()

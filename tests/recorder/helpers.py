@@ -8,8 +8,10 @@ from collections.abc import Callable
 import numpy as np
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.testclient import TestClient
 
 from monitor.db.session import make_session_factory
+from monitor.proxy.recorder import Recorder, get_recorder
 from monitor.proxy.records import GenerationRecord
 
 
@@ -51,3 +53,10 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def recorder_of(client: TestClient) -> Recorder:
+    """The recorder of the app a TestClient runs (its lifespan started it)."""
+    recorder = get_recorder(client.app.state.runtime)  # type: ignore[attr-defined]
+    assert recorder is not None
+    return recorder
