@@ -34,7 +34,8 @@ medians reported:
         [--concurrency 1,16,32,64] [--naive-latency] [--work-baselines US,US]
         [--extra-sidecar NAME=PYTHONPATH]
 
-Results, command and machine of the recorded runs: docs/benchmarks.md.
+Where the results stand, with command and machine: docs/benchmarks.md; every
+recorded run, session by session: docs/proxy-benchmark-history.md.
 
 Everything runs on loopback and stops by itself; every child is terminated on
 exit. Needs ``wrk`` on PATH. Load generator, upstream and proxy share the

@@ -6,7 +6,7 @@
  * which carry the confidence) msgspec built ~1,400 small objects per 200-token
  * top-5 answer only for numpy to flatten them again; with the caches cold after
  * every wait for the upstream that was most of the sidecar's added latency
- * (docs/benchmarks.md, sixth session). No JSON library fills typed arrays from
+ * (docs/proxy-benchmark-history.md, sixth session). No JSON library fills typed arrays from
  * nested objects without building those objects. This scanner builds none but
  * the chosen tokens' strings.
  *

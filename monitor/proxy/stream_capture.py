@@ -11,8 +11,9 @@ logprobs are kept and decoded together, in one call, when the result is
 asked for. Per chunk that halves the capture's CPU (8 to 4 us), and the
 chunks are what the event loop handles 100 times a second per stream, in
 front of every other stream's next event and every new stream's first one
-(`docs/benchmarks.md`, fifth session). A chunk whose logprobs turn out not
-to have the expected shape is counted in `bad_chunks` then, and skipped.
+(`docs/proxy-benchmark-history.md`, fifth session). A chunk whose logprobs
+turn out not to have the expected shape is counted in `bad_chunks` then,
+and skipped.
 """
 
 from __future__ import annotations

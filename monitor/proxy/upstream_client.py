@@ -2,11 +2,11 @@
 
 Hand-written on purpose. The proxy's latency budget is 1 ms (issue 4), and
 the client library was the largest single part of it: in one run of
-`bench/proxy_overhead.py` (`docs/benchmarks.md`, run 9) a byte relay under
-uvicorn added 0.77 ms at the median (concurrency 16, 25-75 ms upstream) with
-an aiohttp session and 0.24 ms with this client, 1.03 against 0.66 ms to a
-stream's first byte, and spent 0.21 against 0.12 ms of CPU per request;
-httpx is slower than aiohttp. What it takes is small, because the
+`bench/proxy_overhead.py` (`docs/proxy-benchmark-history.md`, run 9) a byte
+relay under uvicorn added 0.77 ms at the median (concurrency 16, 25-75 ms
+upstream) with an aiohttp session and 0.24 ms with this client, 1.03 against
+0.66 ms to a stream's first byte, and spent 0.21 against 0.12 ms of CPU per
+request; httpx is slower than aiohttp. What it takes is small, because the
 proxy needs little of HTTP: one origin, requests with a body of known length,
 answers framed by Content-Length, chunked encoding or the connection's end.
 The parsing is httptools (llhttp, the parser uvicorn uses), so only the
