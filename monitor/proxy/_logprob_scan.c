@@ -6,9 +6,9 @@
  * which carry the confidence) msgspec built ~1,400 small objects per 200-token
  * top-5 answer only for numpy to flatten them again; with the caches cold after
  * every wait for the upstream that was most of the sidecar's added latency
- * (docs/proxy-benchmark-history.md, sixth session). No JSON library fills typed arrays from
- * nested objects without building those objects. This scanner builds none but
- * the chosen tokens' strings.
+ * (docs/proxy-benchmark-history.md, sixth session). No JSON library fills
+ * typed arrays from nested objects without building those objects. This
+ * scanner builds none but the chosen tokens' strings.
  *
  * Contract (tested against the pure-Python path in tests/proxy/test_native_scan.py):
  * scan_chat(buf, start, k, decode) parses exactly one JSON object at buf[start]
