@@ -41,11 +41,14 @@ def bearer_token(connection: HTTPConnection) -> str | None:
     return value.strip()
 
 
+def client_host(connection: HTTPConnection) -> str | None:
+    return connection.client.host if connection.client else None
+
+
 def check_token(connection: HTTPConnection, expected: SecretStr | None, what: str) -> None:
     """Raise 401 unless the request carries the token (or, with none set, is local)."""
     if expected is None:
-        client = connection.client.host if connection.client else None
-        if is_loopback(client):
+        if is_loopback(client_host(connection)):
             return
         raise UnauthorizedError(f"no {what} token is configured: only loopback clients are served")
     if not tokens_match(bearer_token(connection), expected):

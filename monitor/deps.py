@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
-from monitor.auth import check_token
+from monitor.auth import check_token, client_host
 from monitor.db.session import session_scope
+from monitor.errors import UnauthorizedError
+from monitor.refused_tokens import refused_tokens
 from monitor.runtime import Runtime
 from monitor.settings import Settings
 
@@ -34,11 +37,19 @@ def db_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[Se
 
 
 def require_admin(request: Request) -> None:
-    check_token(request, get_settings(request).admin_token, "admin")
+    _require_token(request, get_settings(request).admin_token, "admin")
 
 
 def require_feedback(request: Request) -> None:
-    check_token(request, get_settings(request).feedback_token, "feedback")
+    _require_token(request, get_settings(request).feedback_token, "feedback")
+
+
+def _require_token(request: Request, expected: SecretStr | None, surface: str) -> None:
+    try:
+        check_token(request, expected, surface)
+    except UnauthorizedError:
+        refused_tokens(get_runtime(request)).refused(surface, client_host(request))
+        raise
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

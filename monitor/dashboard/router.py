@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from monitor.alerting import service as alerting
+from monitor.auth import client_host
 from monitor.calibrations import service as calibrations
 from monitor.dashboard import repository, views
 from monitor.dashboard.actions import router as actions_router
@@ -30,9 +31,10 @@ from monitor.dashboard.session import (
     signed_in,
     signing_key,
 )
-from monitor.deps import SessionDep, SettingsDep
+from monitor.deps import SessionDep, SettingsDep, get_runtime
 from monitor.errors import NotFoundError
 from monitor.evaluation.repository import active_calibration
+from monitor.refused_tokens import refused_tokens
 from monitor.tasks.repository import get_task
 from monitor.tasks.service import validate_task_name
 
@@ -84,6 +86,7 @@ def login(
             "clients may use the dashboard. Set THERMOSTAT_ADMIN_TOKEN.",
         )
     if not check_admin_token(settings, token):
+        refused_tokens(get_runtime(request)).refused("dashboard", client_host(request))
         context = {
             "next": safe_next(next),
             "error": "That token is not the admin token.",

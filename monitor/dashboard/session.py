@@ -34,7 +34,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from monitor.auth import is_loopback, tokens_match
+from monitor.auth import client_host, is_loopback, tokens_match
 from monitor.db.dialect import insert_ignoring_conflicts
 from monitor.db.models import RevokedDashboardSession
 from monitor.deps import SessionDep
@@ -129,8 +129,7 @@ def read_session(
 def login_allowed_without_token(request: Request) -> bool:
     """With no admin token, loopback clients are served without login (as the API does)."""
     settings: Settings = request.app.state.settings
-    client = request.client.host if request.client else None
-    return settings.admin_token is None and is_loopback(client)
+    return settings.admin_token is None and is_loopback(client_host(request))
 
 
 def signed_in(request: Request, db: Session) -> DashboardSession | None:

@@ -1,0 +1,115 @@
+"""Refused tokens are counted in /metrics by surface and reported in the log, at a pace.
+
+Through a real sidecar on loopback: wrong and missing tokens on the admin API,
+the feedback API and the dashboard's sign-in each count once in
+`thermostat_auth_failures_total{surface}`, accepted tokens never do, and the
+first refusal of each surface is logged at once with the client's address.
+The log's pace (at most one report a minute per surface, with the count
+since) is checked on the class with a clock the test moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.refused_tokens import REPORT_INTERVAL_S, RefusedTokens
+from tests.security.conftest import ADMIN, ADMIN_TOKEN, FEEDBACK, Sidecar
+
+WRONG = {"Authorization": "Bearer not-the-token"}
+REPORT = "monitor.refused_tokens"
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"  # the checks run before any query; one backend is enough
+
+
+def refusals(base: str) -> dict[str, float]:
+    text = httpx.get(f"{base}/metrics").text
+    return {
+        sample.labels["surface"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "thermostat_auth_failures"
+        for sample in family.samples
+        if sample.name == "thermostat_auth_failures_total"
+    }
+
+
+def reports(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == REPORT]
+
+
+def test_refusals_are_counted_by_surface_and_reported(
+    sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=REPORT)
+    feedback = {"generation_id": str(uuid.uuid4()), "label": True}
+    with httpx.Client(base_url=sidecar.base, timeout=10) as client:
+        assert client.get("/api/tasks", headers=ADMIN).status_code == 200
+        assert refusals(sidecar.base) == {}  # accepted tokens count nothing
+
+        for headers in (WRONG, {}, {"Authorization": f"Bearer {ADMIN_TOKEN}x"}):
+            assert client.get("/api/tasks", headers=headers).status_code == 401
+        assert client.post("/v1/feedback", json=feedback, headers=WRONG).status_code == 401
+        assert client.post("/v1/feedback", json=feedback, headers=ADMIN).status_code == 401
+        assert client.post("/v1/feedback", json=feedback, headers=FEEDBACK).status_code == 404
+        signed_out = client.post(
+            "/dashboard/login", data={"token": "guess"}, follow_redirects=False
+        )
+        assert signed_out.status_code == 401
+        signed_in = client.post(
+            "/dashboard/login", data={"token": ADMIN_TOKEN}, follow_redirects=False
+        )
+        assert signed_in.status_code == 303
+
+    assert refusals(sidecar.base) == {"admin": 3.0, "feedback": 2.0, "dashboard": 1.0}
+    logged = reports(caplog)
+    # The first refusal of each surface at once; the rest wait for the next report.
+    assert len(logged) == 3, logged
+    for surface, line in zip(("admin", "feedback", "dashboard"), logged, strict=True):
+        assert f"refused 1 request(s) with a missing or wrong {surface} token" in line
+        assert "the latest from 127.0.0.1" in line
+    assert not any("not-the-token" in line or "guess" in line for line in logged)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_log_reports_each_surface_at_most_once_an_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=REPORT)
+    clock = Clock()
+    registry = CollectorRegistry()
+    refused = RefusedTokens(registry, clock)
+
+    refused.refused("admin", "10.0.0.7")
+    for _ in range(4):
+        clock.now += 10
+        refused.refused("admin", "10.0.0.8")
+    refused.refused("feedback", "10.0.0.9")  # its own pace, not held back by admin's
+    assert len(reports(caplog)) == 2
+
+    clock.now += REPORT_INTERVAL_S - 40  # 60 s after the first report: the next one
+    refused.refused("admin", None)
+    logged = reports(caplog)
+    assert len(logged) == 3, logged
+    assert "refused 1 request(s) with a missing or wrong admin token" in logged[0]
+    assert "from 10.0.0.7" in logged[0]
+    assert "refused 1 request(s) with a missing or wrong feedback token" in logged[1]
+    assert "refused 5 request(s) with a missing or wrong admin token" in logged[2]
+    assert "from an unknown client" in logged[2]
+    counted = "thermostat_auth_failures_total"
+    assert registry.get_sample_value(counted, {"surface": "admin"}) == 6
+    assert registry.get_sample_value(counted, {"surface": "feedback"}) == 1
