@@ -24,15 +24,35 @@ from monitor.runtime import Runtime
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 60.0
+REPORT = (
+    "refused %d request(s) with a missing or wrong %s token since the last report; "
+    "the latest from %s"
+)
 _EXTRAS_KEY = "refused_tokens"
 _create_lock = threading.Lock()
 
+Schedule = Callable[[float, Callable[[], None]], None]
+
+
+def _in_a_timer_thread(delay: float, callback: Callable[[], None]) -> None:
+    timer = threading.Timer(delay, callback)
+    timer.daemon = True  # a report still due at exit is in the metric anyway
+    timer.start()
+
 
 class RefusedTokens:
-    """The counter and the log's pace, one per runtime (so per app's registry)."""
+    """The counter and the log's pace, one per runtime (so per app's registry).
+
+    A refusal more than an interval after a surface's last report is reported
+    at once; one sooner is held, and a report of everything held is made when
+    the interval ends, so a burst followed by silence is still in the log.
+    """
 
     def __init__(
-        self, registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic
+        self,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule = _in_a_timer_thread,
     ) -> None:
         self.total = Counter(
             "thermostat_auth_failures_total",
@@ -42,28 +62,38 @@ class RefusedTokens:
             registry=registry,
         )
         self._clock = clock
+        self._schedule = schedule
         self._lock = threading.Lock()  # token checks run in the threadpool
         self._reported_at: dict[str, float] = {}
-        self._unreported: dict[str, int] = {}
+        self._held: dict[str, int] = {}
+        self._latest_client: dict[str, str | None] = {}
+        self._report_due: set[str] = set()
 
     def refused(self, surface: str, client: str | None) -> None:
         self.total.labels(surface).inc()
         now = self._clock()
         with self._lock:
-            count = self._unreported.get(surface, 0) + 1
+            self._held[surface] = self._held.get(surface, 0) + 1
+            self._latest_client[surface] = client
             last = self._reported_at.get(surface)
             if last is not None and now - last < REPORT_INTERVAL_S:
-                self._unreported[surface] = count
+                if surface not in self._report_due:
+                    self._report_due.add(surface)
+                    delay = last + REPORT_INTERVAL_S - now
+                    self._schedule(delay, lambda: self._report_held(surface))
                 return
-            self._unreported[surface] = 0
-            self._reported_at[surface] = now
-        log.warning(
-            "refused %d request(s) with a missing or wrong %s token since the last report; "
-            "the latest from %s",
-            count,
-            surface,
-            client or "an unknown client",
-        )
+            self._report(surface, now)
+
+    def _report_held(self, surface: str) -> None:
+        with self._lock:
+            self._report_due.discard(surface)
+            if self._held.get(surface):  # not already reported by a later refusal
+                self._report(surface, self._clock())
+
+    def _report(self, surface: str, now: float) -> None:
+        count, client = self._held.pop(surface), self._latest_client.pop(surface)
+        self._reported_at[surface] = now
+        log.warning(REPORT, count, surface, client or "an unknown client")
 
 
 def refused_tokens(runtime: Runtime) -> RefusedTokens:

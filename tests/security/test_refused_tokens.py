@@ -5,13 +5,15 @@ the feedback API and the dashboard's sign-in each count once in
 `thermostat_auth_failures_total{surface}`, accepted tokens never do, and the
 first refusal of each surface is logged at once with the client's address.
 The log's pace (at most one report a minute per surface, with the count
-since) is checked on the class with a clock the test moves.
+since, and a report of what was held when the minute ends) is checked on the
+class with a clock and timers the test drives.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -86,30 +88,59 @@ class Clock:
         return self.now
 
 
+class Timers:
+    """Stands in for the timer thread: holds the scheduled reports for the test to run."""
+
+    def __init__(self) -> None:
+        self.due: list[tuple[float, Callable[[], None]]] = []
+
+    def __call__(self, delay: float, callback: Callable[[], None]) -> None:
+        self.due.append((delay, callback))
+
+    def run(self) -> float:
+        delay, callback = self.due.pop(0)
+        callback()
+        return delay
+
+
 def test_the_log_reports_each_surface_at_most_once_an_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger=REPORT)
-    clock = Clock()
-    registry = CollectorRegistry()
-    refused = RefusedTokens(registry, clock)
+    clock, timers, registry = Clock(), Timers(), CollectorRegistry()
+    refused = RefusedTokens(registry, clock, timers)
 
     refused.refused("admin", "10.0.0.7")
     for _ in range(4):
         clock.now += 10
         refused.refused("admin", "10.0.0.8")
     refused.refused("feedback", "10.0.0.9")  # its own pace, not held back by admin's
-    assert len(reports(caplog)) == 2
-
-    clock.now += REPORT_INTERVAL_S - 40  # 60 s after the first report: the next one
-    refused.refused("admin", None)
     logged = reports(caplog)
-    assert len(logged) == 3, logged
+    assert len(logged) == 2, logged
     assert "refused 1 request(s) with a missing or wrong admin token" in logged[0]
     assert "from 10.0.0.7" in logged[0]
     assert "refused 1 request(s) with a missing or wrong feedback token" in logged[1]
-    assert "refused 5 request(s) with a missing or wrong admin token" in logged[2]
-    assert "from an unknown client" in logged[2]
+    # The held refusals are reported when the interval ends, even if no more come.
+    assert len(timers.due) == 1
+    clock.now += 20
+    assert timers.run() == REPORT_INTERVAL_S - 10
+    assert "refused 4 request(s) with a missing or wrong admin token" in reports(caplog)[2]
+    assert "from 10.0.0.8" in reports(caplog)[2]
+
+    clock.now += REPORT_INTERVAL_S  # a quiet interval: the next refusal is reported at once
+    refused.refused("admin", None)
+    assert "refused 1 request(s)" in reports(caplog)[3]
+    assert "from an unknown client" in reports(caplog)[3]
+    assert timers.due == []
+
+    clock.now += 1  # one more soon after: held, and reported by its timer
+    refused.refused("admin", "10.0.0.8")
+    clock.now += REPORT_INTERVAL_S  # a refusal after the interval, before the timer ran
+    refused.refused("admin", "10.0.0.8")
+    assert "refused 2 request(s)" in reports(caplog)[4]
+    timers.run()  # finds nothing held: no empty report
+    assert len(reports(caplog)) == 5
+
     counted = "thermostat_auth_failures_total"
-    assert registry.get_sample_value(counted, {"surface": "admin"}) == 6
+    assert registry.get_sample_value(counted, {"surface": "admin"}) == 8
     assert registry.get_sample_value(counted, {"surface": "feedback"}) == 1
