@@ -17,6 +17,7 @@ from monitor import __version__
 from monitor.body_limit import BodySizeLimit
 from monitor.health import router as health_router
 from monitor.http_errors import install_error_handlers
+from monitor.refused_tokens import refused_tokens
 from monitor.runtime import Role, open_runtime
 from monitor.settings import Settings, load_settings
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = open_runtime(settings, role)
         app.state.runtime = runtime
+        refused_tokens(runtime)  # its counter in /metrics before the first refusal
         try:
             await runtime.start()
             yield

@@ -23,6 +23,7 @@ from monitor.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+SURFACES = ("admin", "feedback", "dashboard")
 REPORT_INTERVAL_S = 60.0
 REPORT = (
     "refused %d request(s) with a missing or wrong %s token since the last report; "
@@ -61,6 +62,8 @@ class RefusedTokens:
             ["surface"],
             registry=registry,
         )
+        for surface in SURFACES:  # at 0 from the start, so a rate has a series to start from
+            self.total.labels(surface)
         self._clock = clock
         self._schedule = schedule
         self._lock = threading.Lock()  # token checks run in the threadpool

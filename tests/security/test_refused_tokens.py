@@ -54,7 +54,8 @@ def test_refusals_are_counted_by_surface_and_reported(
     feedback = {"generation_id": str(uuid.uuid4()), "label": True}
     with httpx.Client(base_url=sidecar.base, timeout=10) as client:
         assert client.get("/api/tasks", headers=ADMIN).status_code == 200
-        assert refusals(sidecar.base) == {}  # accepted tokens count nothing
+        # In /metrics from the start, and accepted tokens count nothing.
+        assert refusals(sidecar.base) == {"admin": 0.0, "feedback": 0.0, "dashboard": 0.0}
 
         for headers in (WRONG, {}, {"Authorization": f"Bearer {ADMIN_TOKEN}x"}):
             assert client.get("/api/tasks", headers=headers).status_code == 401
