@@ -59,12 +59,13 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = open_runtime(settings, role)
         app.state.runtime = runtime
-        refused_tokens(runtime)  # its counter in /metrics before the first refusal
+        refused = refused_tokens(runtime)  # its counter in /metrics before the first refusal
         try:
             await runtime.start()
             yield
         finally:
             await runtime.stop()
+            refused.close()
 
     app = ThermostatApp(
         title="Thermostat",

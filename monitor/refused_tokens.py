@@ -87,6 +87,12 @@ class RefusedTokens:
                 return
             self._report(surface, now)
 
+    def close(self) -> None:
+        """Report what is held now (at shutdown), so the log misses nothing."""
+        with self._lock:
+            for surface in [s for s, count in self._held.items() if count]:
+                self._report(surface, self._clock())
+
     def _report_held(self, surface: str) -> None:
         with self._lock:
             self._report_due.discard(surface)

@@ -2,8 +2,9 @@
 
 Through a real sidecar on loopback: wrong and missing tokens on the admin API,
 the feedback API and the dashboard's sign-in each count once in
-`thermostat_auth_failures_total{surface}`, accepted tokens never do, and the
-first refusal of each surface is logged at once with the client's address.
+`thermostat_auth_failures_total{surface}`, accepted tokens never do, the
+first refusal of each surface is logged at once with the client's address,
+and what was held is reported when the server stops.
 The log's pace (at most one report a minute per surface, with the count
 since, and a report of what was held when the minute ends) is checked on the
 class with a clock and timers the test drives.
@@ -20,8 +21,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor.app import create_app
 from monitor.refused_tokens import REPORT_INTERVAL_S, RefusedTokens
-from tests.security.conftest import ADMIN, ADMIN_TOKEN, FEEDBACK, Sidecar
+from monitor.settings import Settings
+from tests.security.conftest import ADMIN, ADMIN_TOKEN, FEEDBACK
+from tests.support.servers import serve_app
 
 WRONG = {"Authorization": "Bearer not-the-token"}
 REPORT = "monitor.refused_tokens"
@@ -48,14 +52,34 @@ def reports(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_refusals_are_counted_by_surface_and_reported(
-    sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+    secured_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger=REPORT)
+    with serve_app(create_app(secured_settings, "api")) as base:
+        refuse_on_every_surface(base)
+        logged = reports(caplog)
+        # The first refusal of each surface at once; the rest are held.
+        assert len(logged) == 3, logged
+        for surface, line in zip(("admin", "feedback", "dashboard"), logged, strict=True):
+            assert f"refused 1 request(s) with a missing or wrong {surface} token" in line
+            assert "the latest from 127.0.0.1" in line
+    # Stopping the server reports what was held.
+    logged = reports(caplog)
+    assert len(logged) == 5, logged
+    held = {line.split(" since")[0] for line in logged[3:]}
+    assert held == {
+        "refused 2 request(s) with a missing or wrong admin token",
+        "refused 1 request(s) with a missing or wrong feedback token",
+    }
+    assert not any("not-the-token" in line or "guess" in line for line in logged)
+
+
+def refuse_on_every_surface(base: str) -> None:
     feedback = {"generation_id": str(uuid.uuid4()), "label": True}
-    with httpx.Client(base_url=sidecar.base, timeout=10) as client:
+    with httpx.Client(base_url=base, timeout=10) as client:
         assert client.get("/api/tasks", headers=ADMIN).status_code == 200
         # In /metrics from the start, and accepted tokens count nothing.
-        assert refusals(sidecar.base) == {"admin": 0.0, "feedback": 0.0, "dashboard": 0.0}
+        assert refusals(base) == {"admin": 0.0, "feedback": 0.0, "dashboard": 0.0}
 
         for headers in (WRONG, {}, {"Authorization": f"Bearer {ADMIN_TOKEN}x"}):
             assert client.get("/api/tasks", headers=headers).status_code == 401
@@ -70,15 +94,7 @@ def test_refusals_are_counted_by_surface_and_reported(
             "/dashboard/login", data={"token": ADMIN_TOKEN}, follow_redirects=False
         )
         assert signed_in.status_code == 303
-
-    assert refusals(sidecar.base) == {"admin": 3.0, "feedback": 2.0, "dashboard": 1.0}
-    logged = reports(caplog)
-    # The first refusal of each surface at once; the rest wait for the next report.
-    assert len(logged) == 3, logged
-    for surface, line in zip(("admin", "feedback", "dashboard"), logged, strict=True):
-        assert f"refused 1 request(s) with a missing or wrong {surface} token" in line
-        assert "the latest from 127.0.0.1" in line
-    assert not any("not-the-token" in line or "guess" in line for line in logged)
+    assert refusals(base) == {"admin": 3.0, "feedback": 2.0, "dashboard": 1.0}
 
 
 class Clock:
@@ -142,6 +158,14 @@ def test_the_log_reports_each_surface_at_most_once_an_interval(
     timers.run()  # finds nothing held: no empty report
     assert len(reports(caplog)) == 5
 
+    clock.now += 1  # held at shutdown: close() reports it, and its timer finds nothing
+    refused.refused("admin", "10.0.0.8")
+    refused.close()
+    assert "refused 1 request(s)" in reports(caplog)[5]
+    timers.run()
+    refused.close()
+    assert len(reports(caplog)) == 6
+
     counted = "thermostat_auth_failures_total"
-    assert registry.get_sample_value(counted, {"surface": "admin"}) == 8
+    assert registry.get_sample_value(counted, {"surface": "admin"}) == 9
     assert registry.get_sample_value(counted, {"surface": "feedback"}) == 1
