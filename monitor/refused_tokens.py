@@ -30,7 +30,6 @@ REPORT = (
     "the latest from %s"
 )
 _EXTRAS_KEY = "refused_tokens"
-_create_lock = threading.Lock()
 
 Schedule = Callable[[float, Callable[[], None]], None]
 
@@ -106,9 +105,8 @@ class RefusedTokens:
 
 
 def refused_tokens(runtime: Runtime) -> RefusedTokens:
-    """The runtime's RefusedTokens, created on first use."""
-    with _create_lock:  # two first refusals at once must not register the metric twice
-        found = runtime.extras.get(_EXTRAS_KEY)
-        if not isinstance(found, RefusedTokens):
-            found = runtime.extras[_EXTRAS_KEY] = RefusedTokens(runtime.registry)
-        return found
+    """The runtime's RefusedTokens; the app's lifespan makes it before any request."""
+    found = runtime.extras.get(_EXTRAS_KEY)
+    if not isinstance(found, RefusedTokens):
+        found = runtime.extras[_EXTRAS_KEY] = RefusedTokens(runtime.registry)
+    return found
