@@ -36,7 +36,7 @@ Schedule = Callable[[float, Callable[[], None]], None]
 
 def _in_a_timer_thread(delay: float, callback: Callable[[], None]) -> None:
     timer = threading.Timer(delay, callback)
-    timer.daemon = True  # a report still due at exit is in the metric anyway
+    timer.daemon = True  # never holds the process at exit; close() reports what is held
     timer.start()
 
 
@@ -89,13 +89,13 @@ class RefusedTokens:
     def close(self) -> None:
         """Report what is held now (at shutdown), so the log misses nothing."""
         with self._lock:
-            for surface in [s for s, count in self._held.items() if count]:
+            for surface in list(self._held):
                 self._report(surface, self._clock())
 
     def _report_held(self, surface: str) -> None:
         with self._lock:
             self._report_due.discard(surface)
-            if self._held.get(surface):  # not already reported by a later refusal
+            if surface in self._held:  # not already reported by a later refusal
                 self._report(surface, self._clock())
 
     def _report(self, surface: str, now: float) -> None:
