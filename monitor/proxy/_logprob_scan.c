@@ -218,6 +218,27 @@ static inline int64_t eight_digits(const char *p) {
     return (int64_t)((d * 10000 + (d >> 32)) & 0xFFFFFFFFULL); /* the eight digits */
 }
 
+static const uint64_t POW10_U64[] = {
+    1ULL,          10ULL,          100ULL,          1000ULL,          10000ULL,        100000ULL,
+    1000000ULL,    10000000ULL,    100000000ULL,    1000000000ULL,    10000000000ULL,  100000000000ULL,
+    1000000000000ULL, 10000000000000ULL, 100000000000000ULL, 1000000000000000ULL,
+    10000000000000000ULL};
+
+/* The value of the n (0..8) ASCII digits at p, known to be digits, 8 bytes
+ * readable: eight_digits' steps, zeros standing in for the missing leading
+ * digits (the bytes after the digits may borrow from higher bytes only,
+ * which the mask drops). */
+static inline uint64_t few_digits(const char *p, unsigned n) {
+    if (n == 0) return 0;
+    uint64_t v;
+    memcpy(&v, p, 8);
+    uint64_t d = v - 0x3030303030303030ULL;
+    if (n < 8) d = (d & ((1ULL << (8 * n)) - 1)) << (8 * (8 - n));
+    d = (d * 10 + (d >> 8)) & 0x00FF00FF00FF00FFULL;
+    d = (d * 100 + (d >> 16)) & 0x0000FFFF0000FFFFULL;
+    return (d * 10000 + (d >> 32)) & 0xFFFFFFFFULL;
+}
+
 /* The float32 next to f towards +inf and -inf (f finite, not NaN), without
  * libm calls: float bit patterns are ordered like their magnitudes. */
 static inline void float_neighbours(float f, float *up, float *down) {
@@ -251,6 +272,29 @@ static int scan_number(Cursor *c, float *out) {
     int neg = 0, exact = 1, sig = 0;
     long exp10 = 0;
     uint64_t w = 0;
+#if defined(__SSE2__)
+    /* How nearly every logprob is spelled, -?D.D{1,16} and no exponent (a
+     * float64's repr above -10), in one step: the fraction's digits found by
+     * one 16-byte compare and valued eight at a time. The digit-by-digit
+     * path below was most of this function's instructions for these. */
+    const char *q = p + (p < e && *p == '-');
+    if (e - q >= 19 && (unsigned char)(q[0] - '0') <= 9 && q[1] == '.') {
+        __m128i d = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)(q + 2)), _mm_set1_epi8('0'));
+        unsigned dig = (unsigned)_mm_movemask_epi8(
+            _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d));
+        unsigned n = (unsigned)__builtin_ctz(~dig); /* the fraction's digits in the 16 bytes */
+        const char *after = q + 2 + n;
+        if (n > 0 && (unsigned char)(*after - '0') > 9 && *after != 'e' && *after != 'E') {
+            uint64_t frac = n > 8 ? few_digits(q + 2, 8) * POW10_U64[n - 8] + few_digits(q + 10, n - 8)
+                                  : few_digits(q + 2, n);
+            w = (uint64_t)(q[0] - '0') * POW10_U64[n] + frac; /* at most 17 digits: exact */
+            neg = q != p;
+            exp10 = -(long)n;
+            p = after;
+            goto convert;
+        }
+    }
+#endif
     if (p < e && *p == '-') {
         neg = 1;
         p++;
@@ -299,6 +343,9 @@ static int scan_number(Cursor *c, float *out) {
         if (p == digits) return 0;
         exp10 += eneg ? -ev : ev;
     }
+#if defined(__SSE2__)
+convert:
+#endif
     c->p = p;
     if (exact && exp10 >= -22 && exp10 <= 22) {
         double d = (double)w * (exp10 < 0 ? NEG_POW10[-exp10] : POW10[exp10]);
