@@ -26,7 +26,7 @@ request's thread.
 
 Under valgrind, glibc's ``memcpy`` (``rep movsb``) counts about one
 instruction per byte copied, so its line reads as bytes copied per request.
-Needs ``valgrind`` (Debian: apt-get install valgrind); takes about 3 minutes.
+Needs ``valgrind`` (Debian: apt-get install valgrind); takes about 2 minutes.
 """
 
 from __future__ import annotations

@@ -200,12 +200,34 @@ static const double NEG_POW10[] = {1e0,   1e-1,  1e-2,  1e-3,  1e-4,  1e-5,  1e-
                                    1e-8,  1e-9,  1e-10, 1e-11, 1e-12, 1e-13, 1e-14, 1e-15,
                                    1e-16, 1e-17, 1e-18, 1e-19, 1e-20, 1e-21, 1e-22};
 
-/* Eight ASCII digits at p (little-endian load) as their value, or -1 when any
- * of the eight is not a digit. Logprobs carry ~16 fraction digits; a
- * digit-at-a-time loop was most of the scan. Each byte minus '0' must be 0..9:
- * no borrow out of a byte and no byte above 9 (adding 6 keeps it below 16). The
- * value: adjacent digits paired (d0*10 + d1) by one multiply, pairs into fours
- * and fours into the eight by two more. */
+/* 10^0 to 10^16: the place values of a number of up to 17 digits. */
+static const uint64_t POW10_U64[] = {
+    1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL,
+    100000ULL, 1000000ULL, 10000000ULL, 100000000ULL, 1000000000ULL,
+    10000000000ULL, 100000000000ULL, 1000000000000ULL, 10000000000000ULL, 100000000000000ULL,
+    1000000000000000ULL, 10000000000000000ULL};
+
+/* The value of the n (0..8) ASCII digits at p (little-endian load, 8 bytes
+ * readable), known to be digits: adjacent digits paired (d0*10 + d1) by one
+ * multiply, pairs into fours and fours into the eight by two more. For n < 8
+ * zeros stand in for the missing leading digits; a byte after the digits
+ * that is below '0' borrows only from the bytes above it, which the mask
+ * drops. */
+static inline uint64_t few_digits(const char *p, unsigned n) {
+    if (n == 0) return 0;
+    uint64_t v;
+    memcpy(&v, p, 8);
+    uint64_t d = v - 0x3030303030303030ULL;
+    if (n < 8) d = (d & ((1ULL << (8 * n)) - 1)) << (8 * (8 - n));
+    d = (d * 10 + (d >> 8)) & 0x00FF00FF00FF00FFULL;   /* 4 x two-digit values */
+    d = (d * 100 + (d >> 16)) & 0x0000FFFF0000FFFFULL; /* 2 x four-digit values */
+    return (d * 10000 + (d >> 32)) & 0xFFFFFFFFULL;    /* the eight digits */
+}
+
+/* Eight ASCII digits at p as their value, or -1 when any of the eight is not
+ * a digit. Logprobs carry ~16 fraction digits; a digit-at-a-time loop was
+ * most of the scan. Each byte minus '0' must be 0..9: no borrow out of a byte
+ * and no byte above 9 (adding 6 keeps it below 16). */
 static inline int64_t eight_digits(const char *p) {
     uint64_t v;
     memcpy(&v, p, 8);
@@ -213,30 +235,7 @@ static inline int64_t eight_digits(const char *p) {
     if (((v & 0xF0F0F0F0F0F0F0F0ULL) != 0x3030303030303030ULL) ||
         ((d + 0x0606060606060606ULL) & 0xF0F0F0F0F0F0F0F0ULL))
         return -1;
-    d = (d * 10 + (d >> 8)) & 0x00FF00FF00FF00FFULL;      /* 4 x two-digit values */
-    d = (d * 100 + (d >> 16)) & 0x0000FFFF0000FFFFULL;    /* 2 x four-digit values */
-    return (int64_t)((d * 10000 + (d >> 32)) & 0xFFFFFFFFULL); /* the eight digits */
-}
-
-static const uint64_t POW10_U64[] = {
-    1ULL,          10ULL,          100ULL,          1000ULL,          10000ULL,        100000ULL,
-    1000000ULL,    10000000ULL,    100000000ULL,    1000000000ULL,    10000000000ULL,  100000000000ULL,
-    1000000000000ULL, 10000000000000ULL, 100000000000000ULL, 1000000000000000ULL,
-    10000000000000000ULL};
-
-/* The value of the n (0..8) ASCII digits at p, known to be digits, 8 bytes
- * readable: eight_digits' steps, zeros standing in for the missing leading
- * digits (the bytes after the digits may borrow from higher bytes only,
- * which the mask drops). */
-static inline uint64_t few_digits(const char *p, unsigned n) {
-    if (n == 0) return 0;
-    uint64_t v;
-    memcpy(&v, p, 8);
-    uint64_t d = v - 0x3030303030303030ULL;
-    if (n < 8) d = (d & ((1ULL << (8 * n)) - 1)) << (8 * (8 - n));
-    d = (d * 10 + (d >> 8)) & 0x00FF00FF00FF00FFULL;
-    d = (d * 100 + (d >> 16)) & 0x0000FFFF0000FFFFULL;
-    return (d * 10000 + (d >> 32)) & 0xFFFFFFFFULL;
+    return (int64_t)few_digits(p, 8);
 }
 
 /* The float32 next to f towards +inf and -inf (f finite, not NaN), without
@@ -273,10 +272,11 @@ static int scan_number(Cursor *c, float *out) {
     long exp10 = 0;
     uint64_t w = 0;
 #if defined(__SSE2__)
-    /* How nearly every logprob is spelled, -?D.D{1,16} and no exponent (a
-     * float64's repr above -10), in one step: the fraction's digits found by
-     * one 16-byte compare and valued eight at a time. The digit-by-digit
-     * path below was most of this function's instructions for these. */
+    /* How nearly every logprob is spelled, -?D.D{1,16} and no exponent (the
+     * repr of a float64 between -10 and 0 that is not tiny), in one step: the
+     * fraction's digits found by one 16-byte compare and valued eight at a
+     * time. The digit-by-digit path below was most of this function's
+     * instructions for these. */
     const char *q = p + (p < e && *p == '-');
     if (e - q >= 19 && (unsigned char)(q[0] - '0') <= 9 && q[1] == '.') {
         __m128i d = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)(q + 2)), _mm_set1_epi8('0'));
@@ -285,7 +285,8 @@ static int scan_number(Cursor *c, float *out) {
         unsigned n = (unsigned)__builtin_ctz(~dig); /* the fraction's digits in the 16 bytes */
         const char *after = q + 2 + n;
         if (n > 0 && (unsigned char)(*after - '0') > 9 && *after != 'e' && *after != 'E') {
-            uint64_t frac = n > 8 ? few_digits(q + 2, 8) * POW10_U64[n - 8] + few_digits(q + 10, n - 8)
+            uint64_t frac = n > 8 ? few_digits(q + 2, 8) * POW10_U64[n - 8] +
+                                        few_digits(q + 10, n - 8)
                                   : few_digits(q + 2, n);
             w = (uint64_t)(q[0] - '0') * POW10_U64[n] + frac; /* at most 17 digits: exact */
             neg = q != p;
@@ -406,10 +407,11 @@ static const char *int_blocks(const char *p, const char *e, const char **closed)
         if ((dig | com) != 0xFFFF) {
             unsigned j = (unsigned)__builtin_ctz(~(dig | com)); /* the first other byte */
             if (p[j] != ']') break;
-            unsigned below = (1u << j) - 1, d = dig & below, cm = com & below;
+            unsigned below = (1u << j) - 1, dg = dig & below, cm = com & below;
             unsigned starts = ((cm << 1) | after_sep) & ((below << 1) | 1); /* up to j */
             unsigned zeros = zero_at & starts & below;
-            if ((starts >> j & 1) || (cm & starts) || (zeros & (d >> 1)) || (open_zero && (d & 1)))
+            if ((starts >> j & 1) || (cm & starts) || (zeros & (dg >> 1)) ||
+                (open_zero && (dg & 1)))
                 break; /* an empty element or a leading zero: the scalar loop says so */
             *closed = p + j + 1;
             return p;
