@@ -19,10 +19,12 @@ the bare relay (``naive_proxy.py --client bare``), each run under
 zeroed (``callgrind_control --zero``), exactly ``--requests`` requests are
 sent one after another on one keep-alive connection (the body of
 ``post.lua``: no logprobs asked, so the sidecar strips them), and the counts
-are dumped. Printed: instructions per request by shared object, the
-sidecar's heaviest functions, and the sidecar/bare ratio. The sidecar's
-writer process is another program (not traced): its work is off the
-request's thread.
+are dumped, one file per thread. Printed: instructions per request, on the
+event loop's thread (the request's path) and on the others (the sidecar's
+recorder thread, which hands batches to the writer process, and pollers,
+whose count grows with the run's wall time under valgrind, not with its
+requests), by shared object, the loop thread's heaviest functions, and the
+sidecar/bare ratio. The writer process is another program, not traced.
 
 Under valgrind, glibc's ``memcpy`` (``rep movsb``) counts about one
 instruction per byte copied, so its line reads as bytes copied per request.
@@ -39,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,12 +52,25 @@ BODY = b'{"model":"m","messages":[{"role":"user","content":"What is 2+2?"}],"max
 _NAME = re.compile(r"\((\d+)\)(?: (.*))?")
 
 
+@dataclass
+class Counts:
+    """Self cost (Ir) per (shared object, function), by thread."""
+
+    loop_thread: collections.Counter[tuple[str, str]]
+    other_threads: collections.Counter[tuple[str, str]]
+
+    @property
+    def every_thread(self) -> collections.Counter[tuple[str, str]]:
+        return self.loop_thread + self.other_threads
+
+
 def callgrind(out_dir: Path) -> list[str]:
     return [
         "valgrind",
         "--tool=callgrind",
         f"--callgrind-out-file={out_dir}/callgrind.%p",
         "--dump-instr=no",
+        "--separate-threads=yes",  # the event loop's thread apart from the others
     ]
 
 
@@ -120,7 +136,7 @@ def measure(
     env: dict[str, str],
     a: argparse.Namespace,
     port: int | None = None,
-) -> collections.Counter[tuple[str, str]]:
+) -> Counts:
     """Run `cmd` under callgrind (on `port`, or the one it prints) and count."""
     out_dir = Path(tempfile.mkdtemp(prefix=f"callgrind-{name}-"))
     proc = procs.start(callgrind(out_dir) + cmd, env, pipe=port is None)
@@ -133,12 +149,17 @@ def measure(
     post(url, a.requests)
     subprocess.run([*control, "--dump=measured", str(proc.pid)], check=True, capture_output=True)
     procs.stop(proc)
-    dumps = sorted(out_dir.glob(f"callgrind.{proc.pid}.*"))
+    # One file per thread of the "measured" dump (part 1): "-01" is the main
+    # thread, which runs the event loop; the others are the recorder's writer
+    # thread, timers and idle pools.
+    dumps = sorted(out_dir.glob(f"callgrind.{proc.pid}.1-*"))
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump for {name} in {out_dir}")
-    costs = self_costs(dumps[0])
+    counts = Counts(self_costs(dumps[0]), collections.Counter())
+    for dump in dumps[1:]:
+        counts.other_threads.update(self_costs(dump))
     shutil.rmtree(out_dir, ignore_errors=True)
-    return costs
+    return counts
 
 
 def by_object(costs: collections.Counter[tuple[str, str]]) -> collections.Counter[str]:
@@ -148,17 +169,19 @@ def by_object(costs: collections.Counter[tuple[str, str]]) -> collections.Counte
     return out
 
 
-def report(
-    sidecar: collections.Counter[tuple[str, str]],
-    bare: collections.Counter[tuple[str, str]],
-    a: argparse.Namespace,
-) -> None:
+def report(sidecar: Counts, bare: Counts, a: argparse.Namespace) -> None:
     n = a.requests
-    side_obj, bare_obj = by_object(sidecar), by_object(bare)
+    side_obj, bare_obj = by_object(sidecar.every_thread), by_object(bare.every_thread)
     side_total, bare_total = sum(side_obj.values()), sum(bare_obj.values())
     print(f"\ninstructions per request ({n} requests, callgrind, user space only)")
     print(f"{'':34s} {'sidecar':>11s} {'bare relay':>11s}")
     print(f"{'total':34s} {side_total / n:11,.0f} {bare_total / n:11,.0f}")
+    for label, side, base in (
+        ("on the event loop's thread", sidecar.loop_thread, bare.loop_thread),
+        ("on other threads", sidecar.other_threads, bare.other_threads),
+    ):
+        print(f"  {label:32s} {sum(side.values()) / n:11,.0f} {sum(base.values()) / n:11,.0f}")
+    print("by shared object, every thread:")
     for obj, cost in side_obj.most_common():
         if cost < 0.005 * side_total:
             break
@@ -167,11 +190,11 @@ def report(
         f"sidecar/bare {side_total / bare_total:.2f}; sidecar - bare "
         f"{(side_total - bare_total) / n:,.0f} instructions per request"
     )
-    print(f"\nthe sidecar's {a.top} heaviest functions (self, per request)")
-    for (obj, fn), cost in sidecar.most_common(a.top):
-        print(
-            f"  {cost / n:9,.0f} {100 * cost / side_total:5.1f}%  {fn[:60]} [{Path(obj).name[:28]}]"
-        )
+    print(f"\nthe sidecar's {a.top} heaviest functions on the event loop's thread (self)")
+    loop_total = sum(sidecar.loop_thread.values())
+    for (obj, fn), cost in sidecar.loop_thread.most_common(a.top):
+        share = 100 * cost / loop_total
+        print(f"  {cost / n:9,.0f} {share:5.1f}%  {fn[:60]} [{Path(obj).name[:28]}]")
 
 
 def main() -> None:
