@@ -74,6 +74,11 @@ def callgrind(out_dir: Path) -> list[str]:
     ]
 
 
+def control(pid: int, option: str) -> None:
+    """Tell the callgrind running as `pid` to zero its counters or dump them."""
+    subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
+
+
 def post(url: str, count: int) -> None:
     """`count` chat requests in a row on one connection; every answer must be 200."""
     parts = urlsplit(url)
@@ -144,10 +149,9 @@ def measure(
     po.wait_http(url + "/v1/models", timeout=600)
     print(f"{name}: under callgrind at {url}; {a.warmup} requests to warm up", flush=True)
     post(url, a.warmup)
-    control = ["callgrind_control"]
-    subprocess.run([*control, "--zero", str(proc.pid)], check=True, capture_output=True)
+    control(proc.pid, "--zero")
     post(url, a.requests)
-    subprocess.run([*control, "--dump=measured", str(proc.pid)], check=True, capture_output=True)
+    control(proc.pid, "--dump=measured")
     procs.stop(proc)
     # One file per thread of the "measured" dump (part 1): "-01" is the main
     # thread, which runs the event loop; the others are the recorder's writer
