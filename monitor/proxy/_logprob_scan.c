@@ -980,13 +980,27 @@ static int finish_row(const Row *row, Alt *alts, Py_ssize_t k, float *top, signe
     return 1 + compared;
 }
 
+/* Where one chosen token's literal sits in the scanned buffer (its content,
+ * between the quotes): what decode_tokens reads to build the token's string
+ * when it is asked for. */
+typedef struct {
+    Py_ssize_t offset, len, escaped;
+} TokenRef;
+
 /* (end, tokens, chosen, top, rank) of what scan_logprobs parsed, or None.
  * `check_all`: every alternative's token must be a valid string even where no
- * row compares them (the stream path's Python decode checks them all). */
+ * row compares them (the stream path's Python decode checks them all).
+ * `base` NULL: tokens is a list of str. Otherwise the buffer the rows point
+ * into, and tokens is a bytes table of TokenRef, each token checked to decode
+ * (utf8_valid; scan_string checked its escapes) but no string built: only
+ * answer_span confidence reads them on the request path, and building and
+ * freeing 200 strings was about 4% of a proxied request's instructions. */
 static PyObject *build_result(Parsed *in, Py_ssize_t k, Py_ssize_t end, PyObject *decode,
-                              int check_all) {
+                              int check_all, const char *base) {
     Py_ssize_t n = in->n_rows, i, widest = 0;
-    PyObject *tokens = PyList_New(n);
+    PyObject *tokens = base == NULL
+                           ? PyList_New(n)
+                           : PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(TokenRef));
     PyObject *chosen = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(float));
     PyObject *top = PyByteArray_FromStringAndSize(NULL, n * k * (Py_ssize_t)sizeof(float));
     PyObject *rank = PyByteArray_FromStringAndSize(NULL, n);
@@ -1004,11 +1018,20 @@ static PyObject *build_result(Parsed *in, Py_ssize_t k, Py_ssize_t end, PyObject
     float *top_p = (float *)PyByteArray_AS_STRING(top);
     signed char *rank_p = (signed char *)PyByteArray_AS_STRING(rank);
     int compared = 0;
+    TokenRef *refs = base == NULL ? NULL : (TokenRef *)PyBytes_AS_STRING(tokens);
     for (i = 0; i < n; i++) {
         Row *row = &in->rows[i];
-        PyObject *token = decode_str(&row->token, decode);
-        if (token == NULL) goto decline_or_error;
-        PyList_SET_ITEM(tokens, i, token);
+        if (refs != NULL) {
+            if (!utf8_valid((const unsigned char *)row->token.s, row->token.len))
+                goto decline_or_error;
+            /* an empty token may be the EMPTY default, which is not in the buffer */
+            Py_ssize_t offset = row->token.len ? row->token.s - base : 0;
+            refs[i] = (TokenRef){offset, row->token.len, row->token.escaped};
+        } else {
+            PyObject *token = decode_str(&row->token, decode);
+            if (token == NULL) goto decline_or_error;
+            PyList_SET_ITEM(tokens, i, token);
+        }
         chosen_p[i] = row->lp;
         compared |= finish_row(row, in->alts + row->first_alt, k, top_p + i * k, rank_p + i, eq) == 2;
     }
@@ -1030,12 +1053,14 @@ done:
  * scan_completion_logprobs; 1, 0 (decline) or -1 (memory error). */
 typedef int (*ScanFn)(Cursor *c, Parsed *out);
 
-/* scan_chat and scan_completions: the logprobs object at buf[start]. */
+/* scan_chat and scan_completions: the logprobs object at buf[start]; `lazy`
+ * (optional, 0 by default): the tokens as a TokenRef table (build_result). */
 static PyObject *scan_one(PyObject *args, ScanFn scan, const char *format, int check_all) {
     Py_buffer view;
     Py_ssize_t start, k;
     PyObject *decode, *result = NULL;
-    if (!PyArg_ParseTuple(args, format, &view, &start, &k, &decode)) return NULL;
+    int lazy = 0;
+    if (!PyArg_ParseTuple(args, format, &view, &start, &k, &decode, &lazy)) return NULL;
     Parsed parsed = {0};
     if (start < 0 || start > view.len || k < 1 || k > 127) {
         result = Py_NewRef(Py_None);
@@ -1051,7 +1076,8 @@ static PyObject *scan_one(PyObject *args, ScanFn scan, const char *format, int c
         result = Py_NewRef(Py_None);
         goto done;
     }
-    result = build_result(&parsed, k, c.p - (const char *)view.buf, decode, check_all);
+    result = build_result(&parsed, k, c.p - (const char *)view.buf, decode, check_all,
+                          lazy ? (const char *)view.buf : NULL);
 done:
     PyMem_Free(parsed.rows);
     PyMem_Free(parsed.alts);
@@ -1081,7 +1107,7 @@ static PyObject *scan_many(PyObject *args, ScanFn scan, const char *format) {
         skip_ws(&c);
         if (ok == 0 || c.p != c.end) goto decline;
     }
-    result = build_result(&parsed, k, 0, decode, 1);
+    result = build_result(&parsed, k, 0, decode, 1, NULL);
     goto done;
 decline:
     result = Py_NewRef(Py_None);
@@ -1093,7 +1119,7 @@ done:
 
 static PyObject *scan_chat(PyObject *module, PyObject *args) {
     (void)module;
-    return scan_one(args, scan_logprobs, "y*nnO:scan_chat", 0);
+    return scan_one(args, scan_logprobs, "y*nnO|p:scan_chat", 0);
 }
 
 static PyObject *scan_chat_many(PyObject *module, PyObject *args) {
@@ -1105,7 +1131,7 @@ static PyObject *scan_chat_many(PyObject *module, PyObject *args) {
  * decodes (and so validates) them all: check_all. */
 static PyObject *scan_completions(PyObject *module, PyObject *args) {
     (void)module;
-    return scan_one(args, scan_completion_logprobs, "y*nnO:scan_completions", 1);
+    return scan_one(args, scan_completion_logprobs, "y*nnO|p:scan_completions", 1);
 }
 
 static PyObject *scan_completions_many(PyObject *module, PyObject *args) {
@@ -1174,6 +1200,63 @@ static PyObject *window_confidence(PyObject *module, PyObject *args) {
     return PyFloat_FromDouble(exp(how == 2 ? acc / (double)n : acc));
 }
 
+/* The strings of a TokenRef table that scan_chat or scan_completions built
+ * (lazy) over `buf`: decoded as the eager scan would have. The table is
+ * checked against the buffer, so no input reads outside it; a token that does
+ * not decode (never, for a table the scan built over the same bytes) raises
+ * ValueError. */
+static PyObject *decode_tokens(PyObject *module, PyObject *args) {
+    Py_buffer buf, table;
+    PyObject *decode, *out = NULL;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y*O:decode_tokens", &buf, &table, &decode)) return NULL;
+    if (table.len % (Py_ssize_t)sizeof(TokenRef)) {
+        PyErr_SetString(PyExc_ValueError, "not a token table");
+        goto done;
+    }
+    Py_ssize_t n = table.len / (Py_ssize_t)sizeof(TokenRef);
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        TokenRef ref;
+        memcpy(&ref, (const char *)table.buf + i * (Py_ssize_t)sizeof(TokenRef), sizeof ref);
+        /* the literal with its quotes, which an escaped token is decoded from;
+         * an empty token reads nothing */
+        if (ref.len < 0 || (ref.len > 0 && (ref.offset < 1 || ref.len > buf.len - ref.offset - 1))) {
+            PyErr_SetString(PyExc_ValueError, "the token table does not fit the buffer");
+            goto fail;
+        }
+        Str s = ref.len ? (Str){(const char *)buf.buf + ref.offset, ref.len, ref.escaped != 0} : EMPTY;
+        PyObject *token = decode_str(&s, decode);
+        if (token == NULL) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "token %zd does not decode", i);
+            goto fail;
+        }
+        PyList_SET_ITEM(out, i, token);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&table);
+    return out;
+}
+
+/* A bytearray of n bytes, not zeroed: the upstream client's buffer for a body
+ * the socket is about to fill (bytearray(n) would first write every byte, a
+ * pass over 100 KB for nothing). What it holds is only read once filled. */
+static PyObject *unfilled_bytearray(PyObject *module, PyObject *arg) {
+    (void)module;
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative size");
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, n);
+}
+
 /* The address of a buffer's first byte: where a msgspec.Raw view sits in the
  * body (capture._spans), without numpy's ~1.5 us route to the same number. */
 static PyObject *buffer_address(PyObject *module, PyObject *obj) {
@@ -1187,14 +1270,16 @@ static PyObject *buffer_address(PyObject *module, PyObject *obj) {
 
 static PyMethodDef methods[] = {
     {"scan_chat", scan_chat, METH_VARARGS,
-     "scan_chat(buf, start, k, decode) -> (end, tokens, chosen, top, rank) | None"},
+     "scan_chat(buf, start, k, decode, lazy=False) -> (end, tokens, chosen, top, rank) | None"},
     {"scan_chat_many", scan_chat_many, METH_VARARGS,
      "scan_chat_many(items, k, decode) -> (0, tokens, chosen, top, rank) | None"},
     {"scan_completions", scan_completions, METH_VARARGS,
-     "scan_completions(buf, start, k, decode) -> (end, tokens, chosen, top, rank) | None"},
+     "scan_completions(buf, start, k, decode, lazy=False) -> (end, tokens, chosen, top, rank) | None"},
+    {"decode_tokens", decode_tokens, METH_VARARGS, "decode_tokens(buf, table, decode) -> list[str]"},
     {"scan_completions_many", scan_completions_many, METH_VARARGS,
      "scan_completions_many(items, k, decode) -> (0, tokens, chosen, top, rank) | None"},
     {"buffer_address", buffer_address, METH_O, "buffer_address(buffer) -> int"},
+    {"unfilled_bytearray", unfilled_bytearray, METH_O, "unfilled_bytearray(n) -> bytearray"},
     {"window_confidence", window_confidence, METH_VARARGS,
      "window_confidence(chosen, top, rank, k, temperature, how) -> float"},
     {NULL, NULL, 0, NULL},

@@ -1,8 +1,26 @@
 from collections.abc import Callable
+from typing import Literal, overload
 
+ReadableBuffer = bytes | bytearray | memoryview
+
+@overload
 def scan_chat(
-    buf: bytes, start: int, k: int, decode: Callable[[bytes], object], /
+    buf: ReadableBuffer,
+    start: int,
+    k: int,
+    decode: Callable[[bytes], object],
+    lazy: Literal[False] = ...,
+    /,
 ) -> tuple[int, list[str], bytearray, bytearray, bytearray] | None: ...
+@overload
+def scan_chat(
+    buf: ReadableBuffer,
+    start: int,
+    k: int,
+    decode: Callable[[bytes], object],
+    lazy: Literal[True],
+    /,
+) -> tuple[int, bytes, bytearray, bytearray, bytearray] | None: ...
 def window_confidence(
     chosen: object, top: object, rank: object, k: int, temperature: float, how: int, /
 ) -> float: ...
@@ -10,9 +28,28 @@ def scan_chat_many(
     items: list[bytes], k: int, decode: Callable[[bytes], object], /
 ) -> tuple[int, list[str], bytearray, bytearray, bytearray] | None: ...
 def buffer_address(buffer: object, /) -> int: ...
+def unfilled_bytearray(n: int, /) -> bytearray: ...
+@overload
 def scan_completions(
-    buf: bytes, start: int, k: int, decode: Callable[[bytes], object], /
+    buf: ReadableBuffer,
+    start: int,
+    k: int,
+    decode: Callable[[bytes], object],
+    lazy: Literal[False] = ...,
+    /,
 ) -> tuple[int, list[str], bytearray, bytearray, bytearray] | None: ...
+@overload
+def scan_completions(
+    buf: ReadableBuffer,
+    start: int,
+    k: int,
+    decode: Callable[[bytes], object],
+    lazy: Literal[True],
+    /,
+) -> tuple[int, bytes, bytearray, bytearray, bytearray] | None: ...
 def scan_completions_many(
     items: list[bytes], k: int, decode: Callable[[bytes], object], /
 ) -> tuple[int, list[str], bytearray, bytearray, bytearray] | None: ...
+def decode_tokens(
+    buf: ReadableBuffer, table: bytes, decode: Callable[[bytes], object], /
+) -> list[str]: ...

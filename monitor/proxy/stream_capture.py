@@ -18,6 +18,7 @@ and skipped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -143,7 +144,7 @@ class StreamCapture:
             self._token_lps.extend(fit(lp.token_logprobs, len(toks)))
             self._tops.extend(fit(lp.top_logprobs, len(toks)))
 
-    def _scan_pending(self) -> tuple[list[str], F32, F32, I8] | None:
+    def _scan_pending(self) -> tuple[Sequence[str], F32, F32, I8] | None:
         """Every chunk's raw logprobs through the C scanner, in one call.
 
         None (not built, something it is unsure of): the Python path,

@@ -132,10 +132,15 @@ def python_value(value: bytes, k: int) -> Arrays | None:
 
 
 def scan_value(buf: Any, k: int, start: int = 0) -> tuple[int, Arrays] | None:
+    """scan_chat's arrays; its lazy form (a token table, decoded after) must say the same."""
     got = scanner().scan_chat(buf, start, k, DECODE)
-    if got is None:
+    lazy = scanner().scan_chat(buf, start, k, DECODE, True)
+    assert (got is None) == (lazy is None), "the lazy scan accepted otherwise"
+    if got is None or lazy is None:
         return None
     end, tokens, chosen, top, rank = got
+    assert (lazy[0], lazy[2:]) == (end, got[2:])
+    assert scanner().decode_tokens(buf, lazy[1], DECODE) == tokens
     assert isinstance(end, int) and 0 <= start < end <= len(buf)
     assert isinstance(tokens, list) and all(type(t) is str for t in tokens)
     n = len(tokens)
@@ -1210,6 +1215,71 @@ def test_direct_calls_with_odd_arguments() -> None:
     assert scan(escaped, s, 3, lambda b: 5) is None
     assert scan(escaped, s, 3, lambda b: 1 / 0) is None
     assert check_value(escaped, 3, s)
+
+
+def test_unfilled_bytearray() -> None:
+    """The upstream client's body buffer: a bytearray of the size asked for."""
+    unfilled = scanner().unfilled_bytearray
+    for n in (0, 1, 100_000):
+        buf = unfilled(n)
+        assert type(buf) is bytearray and len(buf) == n
+    with pytest.raises(ValueError):
+        unfilled(-1)
+    with pytest.raises(TypeError):
+        unfilled("1")
+    with pytest.raises(OverflowError):
+        unfilled(2**70)
+
+
+def test_tokens_are_decoded_only_when_read() -> None:
+    """The request path builds no token strings unless it reads them (answer_span)."""
+    body = responses.chat_body(50, 5, 3)
+    captured = cap.capture_response(body, "chat", 5)
+    tokens = captured.tokens
+    assert isinstance(tokens, cap.LazyTokens) and tokens._strings is None
+    assert len(tokens) == 50 and tokens._strings is None
+    want = [row["token"] for row in json.loads(body)["choices"][0]["logprobs"]["content"]]
+    assert tokens[0] == want[0] and tokens._strings == want
+    assert tokens == want and want == tokens and list(tokens) == want and tokens[-2:] == want[-2:]
+    assert tokens != want[:-1] and tokens != "".join(want)
+    assert repr(tokens) == repr(want)
+
+
+def test_decode_tokens_checks_its_table() -> None:
+    """decode_tokens is callable from Python: a table that does not fit the buffer, or
+    one whose token does not decode, raises; nothing reads outside the buffer."""
+    decode_tokens = scanner().decode_tokens
+    body = b'["ab","c\\n"]'
+    entry = 24
+
+    def table(*refs: tuple[int, int, int]) -> bytes:
+        return b"".join(np.array(ref, np.int64).tobytes() for ref in refs)
+
+    assert decode_tokens(body, table((2, 2, 0), (7, 3, 1)), DECODE) == ["ab", "c\n"]
+    assert decode_tokens(body, b"", DECODE) == []
+    # An empty token reads nothing, wherever the table says it is (a row with no
+    # "token" member has one that is not in the body at all).
+    assert decode_tokens(body, table((-5, 0, 1), (2**40, 0, 0)), DECODE) == ["", ""]
+    for bad in (
+        b"x" * (entry - 1),
+        table((0, 2, 0)),  # no quote before it
+        table((2, 12, 0)),  # no quote after it
+        table((2, -1, 0)),
+        table((len(body) - 1, 1, 0)),
+        table((2, 2**62, 0)),
+        table((-(2**62), 2, 0)),
+    ):
+        with pytest.raises(ValueError):
+            decode_tokens(body, bad, DECODE)
+    # Tokens that do not decode: invalid UTF-8, or an escaped one whose decode fails.
+    failing: list[tuple[bytes, int, Callable[[bytes], object]]] = [
+        (b'"\xff"', 0, DECODE),
+        (b'"\\n"', 1, lambda b: 1 / 0),
+        (b'"\\n"', 1, lambda b: 5),
+    ]
+    for buf, escaped, decode in failing:
+        with pytest.raises(ValueError, match="token 0 does not decode"):
+            decode_tokens(buf, table((1, len(buf) - 2, escaped)), decode)
 
 
 # --- 6. end to end ---------------------------------------------------------------

@@ -1061,6 +1061,124 @@ async def test_read_buffers_a_body_larger_than_the_high_water_mark(
         assert server.accepted == 1
 
 
+# -- a Content-Length body, read straight into one buffer --------------------------------
+
+
+def length_head(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body)
+
+
+@pytest.mark.parametrize("unfilled", [True, False])
+@run
+async def test_a_content_length_body_is_read_into_one_buffer_then_the_next_answer(
+    unfilled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the head's read, the socket reads the body into one bytearray, returned as it
+    is, whether it comes in pieces or with its head; the connection then reads the next
+    answer, of any framing, with a parser of its own. The bytearray is the C helper's,
+    not zeroed first, or (without the build) a plain one."""
+    if not unfilled:
+        monkeypatch.setattr(upstream_client, "_body_buffer", bytearray)
+    big = bytes(range(256)) * 800  # 200 KB: many reads
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(length_head(big) + big[:1000])
+        await asyncio.sleep(0.02)
+        await peer.send(big[1000:150_000])
+        await asyncio.sleep(0.02)
+        await peer.send(big[150_000:])
+        await peer.request()
+        await peer.send(length_head(big) + big)  # one write
+        await peer.request()
+        await peer.send(CHUNKED_HEAD + chunk(b"chunked") + LAST_CHUNK)
+        await peer.request()
+        await peer.respond(b"small")  # inside the head's read
+        await peer.client_closed()
+
+    async with serve(handler) as server:
+        client = make_client(server.url())
+        for _ in range(2):
+            response = await client.request("GET", "/", [])
+            body = await asyncio.wait_for(response.read(), HANG)
+            assert type(body) is bytearray and body == big
+            response.release()
+        assert await get(client) == (200, b"chunked")
+        assert await get(client) == (200, b"small")
+        assert server.accepted == 1
+        await client.close()
+
+
+@run
+async def test_a_content_length_body_can_be_streamed_as_it_arrives() -> None:
+    body = b"a" * 10_000 + b"b" * 10_000
+    first_half_seen = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(length_head(body) + body[:10_000])
+        await asyncio.wait_for(first_half_seen.wait(), HANG)
+        await peer.send(body[10_000:])
+        await peer.client_closed()
+
+    async with serve(handler) as server:
+        client = make_client(server.url())
+        response = await client.request("GET", "/", [])
+        pieces: list[bytes] = []
+        async for piece in response.iter_chunks():
+            pieces.append(bytes(piece))
+            if sum(map(len, pieces)) >= 10_000:
+                first_half_seen.set()
+        assert b"".join(pieces) == body and len(pieces) >= 2
+        response.release()
+        await client.close()
+
+
+@run
+async def test_bytes_beyond_the_content_length_discard_the_connection() -> None:
+    """What comes after the body and before the next request has no framing: the answer
+    read stands, the connection is not used again."""
+    body = b"x" * 10_000
+
+    async def handler(peer: Peer) -> None:
+        while await peer.request() is not None:
+            if peer.index == 0:
+                await peer.send(length_head(body) + body)
+                await asyncio.sleep(0.05)
+                await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nunasked")
+            else:
+                await peer.respond()
+
+    async with serve(handler) as server:
+        client = make_client(server.url())
+        response = await client.request("GET", "/", [])
+        assert await asyncio.wait_for(response.read(), HANG) == body
+        await asyncio.sleep(0.2)  # the unasked bytes arrive while the answer is held
+        response.release()
+        assert await get(client) == (200, b"ok")
+        assert server.accepted == 2
+        await client.close()
+
+
+@run
+async def test_a_body_over_the_direct_limit_goes_through_the_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(upstream_client, "DIRECT_MAX", 1000)
+    body = b"y" * 5000
+
+    async def handler(peer: Peer) -> None:
+        await peer.serve_forever(body)
+
+    async with serve(handler) as server:
+        client = make_client(server.url())
+        for _ in range(2):
+            status, got = await get(client)
+            assert (status, got, type(got)) == (200, body, bytes)
+        assert server.accepted == 1
+        await client.close()
+
+
 # -- https -------------------------------------------------------------------------------
 
 
