@@ -1243,20 +1243,6 @@ done:
     return out;
 }
 
-/* A bytearray of n bytes, not zeroed: the upstream client's buffer for a body
- * the socket is about to fill (bytearray(n) would first write every byte, a
- * pass over 100 KB for nothing). What it holds is only read once filled. */
-static PyObject *unfilled_bytearray(PyObject *module, PyObject *arg) {
-    (void)module;
-    Py_ssize_t n = PyLong_AsSsize_t(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative size");
-        return NULL;
-    }
-    return PyByteArray_FromStringAndSize(NULL, n);
-}
-
 /* The address of a buffer's first byte: where a msgspec.Raw view sits in the
  * body (capture._spans), without numpy's ~1.5 us route to the same number. */
 static PyObject *buffer_address(PyObject *module, PyObject *obj) {
@@ -1279,7 +1265,6 @@ static PyMethodDef methods[] = {
     {"scan_completions_many", scan_completions_many, METH_VARARGS,
      "scan_completions_many(items, k, decode) -> (0, tokens, chosen, top, rank) | None"},
     {"buffer_address", buffer_address, METH_O, "buffer_address(buffer) -> int"},
-    {"unfilled_bytearray", unfilled_bytearray, METH_O, "unfilled_bytearray(n) -> bytearray"},
     {"window_confidence", window_confidence, METH_VARARGS,
      "window_confidence(chosen, top, rank, k, temperature, how) -> float"},
     {NULL, NULL, 0, NULL},

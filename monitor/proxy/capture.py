@@ -52,8 +52,6 @@ except ImportError:  # pragma: no cover - depends on the build
 
 Endpoint = Literal["chat", "completions"]
 Span = tuple[int, int]
-# A body as read: bytes, or the bytearray the upstream client reads one straight into.
-Body = bytes | bytearray
 F32 = npt.NDArray[np.float32]
 I8 = npt.NDArray[np.int8]
 
@@ -164,7 +162,7 @@ class LazyTokens(Sequence[str]):
     __slots__ = ("_body", "_strings", "_table")
     _ENTRY = 24  # bytes per token in the scanner's table: offset, length, escaped
 
-    def __init__(self, body: Body, table: bytes) -> None:
+    def __init__(self, body: bytes, table: bytes) -> None:
         self._body = body
         self._table = table
         self._strings: list[str] | None = None
@@ -276,7 +274,7 @@ def _choice0(env: _Envelope) -> int:
     return -1
 
 
-def _skeleton(body: Body, start: int, end: int) -> tuple[_Envelope, list[Span | None]] | None:
+def _skeleton(body: bytes, start: int, end: int) -> tuple[_Envelope, list[Span | None]] | None:
     """Envelope and spans if ``body[start:end]`` is choice 0's logprobs value, else None.
 
     The body with that value replaced by ``null`` must decode and put choice 0's
@@ -287,8 +285,7 @@ def _skeleton(body: Body, start: int, end: int) -> tuple[_Envelope, list[Span | 
         j += 1
     if body[j : j + 1] not in (b",", b"}"):
         return None  # inside a choice object the value is followed by , or }
-    view = memoryview(body)
-    skeleton = b"".join((view[:start], b"null", view[end:]))  # bytes: Raw is a view of bytes
+    skeleton = body[:start] + b"null" + body[end:]
     try:
         env = _ENVELOPE.decode(skeleton)
     except _DECODE_ERRORS:
@@ -305,7 +302,7 @@ def _skeleton(body: Body, start: int, end: int) -> tuple[_Envelope, list[Span | 
     return env, fixed
 
 
-def _logprobs_start(body: Body) -> int:
+def _logprobs_start(body: bytes) -> int:
     """Offset of the first ``"logprobs":`` object value (choice 0's, usually), or -1."""
     m = _LOGPROBS_KEY.search(body)
     if m is None or body[m.end() : m.end() + 1] != b"{":
@@ -338,7 +335,7 @@ def _fast_split(
 
 
 def _native_split(
-    body: Body, k: int | None, endpoint: Endpoint = "chat"
+    body: bytes, k: int | None, endpoint: Endpoint = "chat"
 ) -> tuple[_Envelope, list[Span | None], tuple[Sequence[str], F32, F32, I8]] | None:
     """The native scanner's path: envelope, spans and the arrays.
 
@@ -552,21 +549,18 @@ def logprob_arrays(
     return tokens, chosen, top, rank
 
 
-def capture_response(body: Body, endpoint: Endpoint, k: int | None = None) -> Captured:
+def capture_response(body: bytes, endpoint: Endpoint, k: int | None = None) -> Captured:
     """Capture choice 0 of a non-streaming response body.
 
     ``k`` is the ``top_logprobs`` the proxy asked for; None infers it from the
-    body. Raises CaptureError when the body is not a response object. A
-    bytearray (what the upstream client reads a body into) is read in place by
-    the C scanner, which is why the body must not change while the capture
-    is in use.
+    body. Raises CaptureError when the body is not a response object.
     """
+    body = bytes(body)
     native = _native_split(body, k, endpoint)
     if native is not None:
         env, spans, (tokens, chosen, top, rank) = native
         has_logprobs = True
     else:
-        body = bytes(body)  # msgspec's Raw values are views of bytes only
         env, lp, spans = split_body(body, endpoint)
         has_logprobs = lp is not None
     choices = env.choices or []

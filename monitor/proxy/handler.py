@@ -20,7 +20,7 @@ import orjson
 
 from monitor.config import TaskConfig
 from monitor.db.types import uuid7
-from monitor.proxy.capture import Body, Captured, CaptureError, capture_response
+from monitor.proxy.capture import Captured, CaptureError, capture_response
 from monitor.proxy.confidence import answer_span, confidence
 from monitor.proxy.metrics import proxy_metrics
 from monitor.proxy.recording import build_record
@@ -82,7 +82,7 @@ def error_json(status: int, message: str, code: str, param: str | None = None) -
 
 
 async def send_bytes(
-    send: Send, status: int, body: Body, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     all_headers = [(b"content-length", str(len(body)).encode())]
     if headers is None:
@@ -99,7 +99,7 @@ async def send_error(
     await send_bytes(send, status, error_json(status, message, code, param))
 
 
-def shape_for_client(body: Body, spanned: Captured | ChunkInfo, rewritten: Rewritten) -> Body:
+def shape_for_client(body: bytes, spanned: Captured | ChunkInfo, rewritten: Rewritten) -> bytes:
     """Give the client exactly the logprobs it asked for (none, or its top-k)."""
     if not rewritten.ask.logprobs:
         return strip_logprobs(body, spanned)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from monitor.proxy.capture import Body, Endpoint, Span
+from monitor.proxy.capture import Endpoint, Span
 
 _NULL = b"null"
 _WS = b" \t\r\n"
@@ -38,7 +38,7 @@ class Spanned(Protocol):
     def logprobs_spans(self) -> tuple[Span | None, ...]: ...
 
 
-def replace_spans(body: Body, edits: Sequence[tuple[Span, bytes]]) -> Body:
+def replace_spans(body: bytes, edits: Sequence[tuple[Span, bytes]]) -> bytes:
     """``body`` with each (start, end) span replaced; spans must not overlap."""
     if not edits:
         return body
@@ -53,13 +53,13 @@ def replace_spans(body: Body, edits: Sequence[tuple[Span, bytes]]) -> Body:
     return b"".join(parts)
 
 
-def _check(body: Body, span: Span) -> None:
+def _check(body: bytes, span: Span) -> None:
     start, end = span
     if not 0 <= start < end <= len(body):
         raise ValueError(f"span {span} outside a body of {len(body)} bytes")
 
 
-def strip_logprobs(body: Body, spanned: Spanned) -> Body:
+def strip_logprobs(body: bytes, spanned: Spanned) -> bytes:
     """Set every choice's ``logprobs`` to null (the client did not ask for them)."""
     edits: list[tuple[Span, bytes]] = []
     for span in spanned.logprobs_spans:
@@ -108,7 +108,7 @@ def trim_logprobs_value(raw: bytes | memoryview, endpoint: Endpoint, k: int) -> 
     return _ENCODER.encode(trimmed)
 
 
-def trim_top_logprobs(body: Body, spanned: Spanned, k: int) -> Body:
+def trim_top_logprobs(body: bytes, spanned: Spanned, k: int) -> bytes:
     """Cut every choice's top-k alternatives to the client's ``k`` (0: chat's empty lists)."""
     if k < 0:
         raise ValueError("k must be >= 0")
@@ -122,7 +122,7 @@ def trim_top_logprobs(body: Body, spanned: Spanned, k: int) -> Body:
     return replace_spans(body, edits)
 
 
-def thermostat_insertion(body: Body, obj: bytes) -> tuple[int, bytes]:
+def thermostat_insertion(body: bytes, obj: bytes) -> tuple[int, bytes]:
     """Where and what to insert so the body gains ``"thermostat": obj`` as its last key.
 
     Lets a caller write ``body[:pos]``, the insert and ``body[pos:]`` without
@@ -143,7 +143,7 @@ def thermostat_insertion(body: Body, obj: bytes) -> tuple[int, bytes]:
     return end - 1, sep + obj
 
 
-def append_thermostat(body: Body, obj: bytes) -> bytes:
+def append_thermostat(body: bytes, obj: bytes) -> bytes:
     """``body`` with ``"thermostat": obj`` inserted before its final closing brace."""
     pos, ins = thermostat_insertion(body, obj)
     return b"".join((memoryview(body)[:pos], ins, memoryview(body)[pos:]))

@@ -56,7 +56,7 @@ def _parse_fields(block: bytes) -> tuple[bytes | None, str | None]:
     return (b"\n".join(data) if data else None), event
 
 
-def encode_event(data: bytes | bytearray) -> bytes:
+def encode_event(data: bytes) -> bytes:
     """A one-line ``data:`` event (JSON payloads never contain raw newlines)."""
     return b"data: " + data + b"\n\n"
 
@@ -70,7 +70,7 @@ class SSEParser:
         self._buf = b""
         self._crlf = False  # a "\r" was seen: use the general matcher from now on
 
-    def feed(self, chunk: bytes | bytearray) -> list[SSEEvent]:
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
         if not chunk:
             return []
         buf = self._buf + chunk if self._buf else bytes(chunk)

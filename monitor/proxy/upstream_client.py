@@ -35,46 +35,24 @@ from urllib.parse import urlsplit
 
 import httptools
 
-try:  # the optional C helpers (setup.py): a body's buffer is then not zeroed before it is read
-    from monitor.proxy._logprob_scan import unfilled_bytearray as _body_buffer
-except ImportError:  # pragma: no cover - depends on the build
-    _body_buffer = bytearray
-
 Headers = list[tuple[bytes, bytes]]
 
 KEEPALIVE_S = 60.0
 STREAM_HIGH_WATER = 1 << 20
-# An answer's head is read HEAD_READ bytes at a time; a body framed by a
-# Content-Length of at most DIRECT_MAX bytes is then read by the socket
-# straight into one buffer of its size (see `_Connection.get_buffer`).
-HEAD_READ = 4096
-DIRECT_MAX = 64 << 20
 
 
 class UpstreamClosed(ConnectionError):
     """The model server closed the connection, or sent what is not HTTP, mid-answer."""
 
 
-class _Connection(asyncio.BufferedProtocol):
-    """One keep-alive connection; the state of the answer being read on it.
-
-    A buffered protocol: the transport reads into the buffer `get_buffer`
-    gives. The head, and bodies framed otherwise, go through a small buffer
-    to httptools as before; a body with a Content-Length is read straight
-    into a bytearray of its size, which `read()` returns. A model server's
-    answer with top-5 logprobs is about 100 KB, which the plain protocol
-    copied three times in user space (the transport's bytes, httptools'
-    body slice, the join of the slices), each copy a pass over the caches
-    the rest of the request then finds cold.
-    """
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; the state of the answer being read on it."""
 
     def __init__(self, client: UpstreamClient) -> None:
         self.client = client
         self.loop = client.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self._head_buffer = memoryview(bytearray(HEAD_READ))
-        self._direct: bytearray | None = None  # the body being read straight in, if any
         self.closed = False
         self.counted = False  # holds one of the pool's slots (set once connected)
         self.idle_since = 0.0
@@ -84,8 +62,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.reset()
 
     def reset(self) -> None:
-        self._direct = None
-        self._filled = self._taken = 0
         self.status = 0
         self.headers: Headers = []
         self.headers_done = False
@@ -103,26 +79,11 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        direct = self._direct
-        if direct is not None and self._filled < len(direct):
-            return memoryview(direct)[self._filled :]
-        return self._head_buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
+    def data_received(self, data: bytes) -> None:
         self.received = True
         self._last_read = self.loop.time()
-        direct = self._direct
-        if direct is not None:
-            if self._filled < len(direct):
-                self._filled += nbytes
-                self._body_arrived()
-            else:  # more than the Content-Length, before the next request: no framing fits
-                self.fail(UpstreamClosed("the model server sent more than its answer"))
-                self.abort()
-            return
         try:
-            self.parser.feed_data(self._head_buffer[:nbytes])
+            self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.fail(UpstreamClosed(f"the model server's answer is not valid HTTP: {exc}"))
             self.abort()
@@ -149,64 +110,21 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self.headers_done = True
         self.keep_alive = self.parser.should_keep_alive()
-        length = self._direct_length()
-        if length:
-            self._direct = _body_buffer(length)
         self._wake()
 
-    def _direct_length(self) -> int:
-        """The Content-Length to read straight into a buffer; 0 where httptools frames it."""
-        if self.status in (204, 304):
-            return 0
-        length = b""
-        for name, value in self.headers:
-            if name == b"transfer-encoding":
-                return 0
-            if name == b"content-length":
-                if length:  # repeated: httptools decides what it means
-                    return 0
-                length = value.strip()
-        if not length.isdigit() or len(length) > 12:
-            return 0
-        size = int(length)
-        return size if size <= DIRECT_MAX else 0
-
     def on_body(self, body: bytes) -> None:
-        direct = self._direct
-        if direct is not None:  # the body's start, read with the head
-            end = self._filled + len(body)
-            direct[self._filled : end] = body
-            self._filled = end
-            self._body_arrived()
-            return
         self.body.append(body)
         self.buffered += len(body)
         if self.streaming:
-            self._streamed()
+            if self.buffered > STREAM_HIGH_WATER and not self.paused and self.transport:
+                self.paused = True
+                self.transport.pause_reading()
+            self._wake()
 
     def on_message_complete(self) -> None:
-        if self.status >= 200 and self._direct is None:
+        if self.status >= 200:
             self.complete = True
             self._wake()
-
-    def _body_arrived(self) -> None:
-        assert self._direct is not None
-        if self.streaming:
-            self.buffered = self._filled - self._taken
-            self._streamed()
-        if self._filled == len(self._direct):
-            self.complete = True
-            # httptools saw the head and maybe the body's start, not its end: the
-            # next answer on this connection needs a parser of its own.
-            self.parser = httptools.HttpResponseParser(self)
-            self._wake()
-
-    def _streamed(self) -> None:
-        """More of a streamed body: wake the reader; pause the socket past the high water."""
-        if self.buffered > STREAM_HIGH_WATER and not self.paused and self.transport:
-            self.paused = True
-            self.transport.pause_reading()
-        self._wake()
 
     # -- waiting, with the read timeout -------------------------------------------------
 
@@ -258,20 +176,9 @@ class _Connection(asyncio.BufferedProtocol):
         assert self.transport is not None
         self.transport.write(request)
 
-    def has_body(self) -> bool:
-        """Whether part of the body arrived that `take_body` has not returned yet."""
-        return bool(self.body) or self._filled > self._taken
-
-    def take_body(self) -> bytes | bytearray:
-        direct = self._direct
-        out: bytes | bytearray
-        if direct is not None:
-            taken, self._taken = self._taken, self._filled
-            whole = taken == 0 and self._filled == len(direct)
-            out = direct if whole else bytes(direct[taken : self._filled])  # whole: no copy
-        else:
-            out = b"".join(self.body) if len(self.body) != 1 else self.body[0]
-            self.body.clear()
+    def take_body(self) -> bytes:
+        out = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        self.body.clear()
         self.buffered = 0
         if self.paused and self.transport:
             self.paused = False
@@ -309,19 +216,18 @@ class UpstreamResponse:
                 return value
         return None
 
-    async def read(self) -> bytes | bytearray:
-        """The whole body; a bytearray where it was read straight into one (Content-Length)."""
+    async def read(self) -> bytes:
         conn = self._live()
         while not conn.complete:
             await conn.wait()
         return conn.take_body()
 
-    async def iter_chunks(self) -> AsyncIterator[bytes | bytearray]:
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives: everything received since the last step, joined."""
         conn = self._live()
         conn.streaming = True
         while True:
-            if conn.has_body():
+            if conn.body:
                 yield conn.take_body()
             elif conn.complete:
                 return

@@ -1217,20 +1217,6 @@ def test_direct_calls_with_odd_arguments() -> None:
     assert check_value(escaped, 3, s)
 
 
-def test_unfilled_bytearray() -> None:
-    """The upstream client's body buffer: a bytearray of the size asked for."""
-    unfilled = scanner().unfilled_bytearray
-    for n in (0, 1, 100_000):
-        buf = unfilled(n)
-        assert type(buf) is bytearray and len(buf) == n
-    with pytest.raises(ValueError):
-        unfilled(-1)
-    with pytest.raises(TypeError):
-        unfilled("1")
-    with pytest.raises(OverflowError):
-        unfilled(2**70)
-
-
 def test_tokens_are_decoded_only_when_read() -> None:
     """The request path builds no token strings unless it reads them (answer_span)."""
     body = responses.chat_body(50, 5, 3)
