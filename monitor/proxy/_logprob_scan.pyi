@@ -28,24 +28,9 @@ def scan_chat_many(
     items: list[bytes], k: int, decode: Callable[[bytes], object], /
 ) -> tuple[int, list[str], bytearray, bytearray, bytearray] | None: ...
 def buffer_address(buffer: object, /) -> int: ...
-@overload
-def scan_completions(
-    buf: ReadableBuffer,
-    start: int,
-    k: int,
-    decode: Callable[[bytes], object],
-    lazy: Literal[False] = ...,
-    /,
-) -> tuple[int, list[str], bytearray, bytearray, bytearray] | None: ...
-@overload
-def scan_completions(
-    buf: ReadableBuffer,
-    start: int,
-    k: int,
-    decode: Callable[[bytes], object],
-    lazy: Literal[True],
-    /,
-) -> tuple[int, bytes, bytearray, bytearray, bytearray] | None: ...
+
+scan_completions = scan_chat  # the same call, on the completions form
+
 def scan_completions_many(
     items: list[bytes], k: int, decode: Callable[[bytes], object], /
 ) -> tuple[int, list[str], bytearray, bytearray, bytearray] | None: ...

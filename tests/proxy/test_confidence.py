@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.calibration.aggregation import token_logprobs
-from monitor.config import ConfidenceMethod
+from monitor.config import ConfidenceMethod, TaskConfig
 from monitor.proxy import capture as cap
 from monitor.proxy import confidence as conf
 from monitor.proxy.capture import capture_response
@@ -122,3 +122,26 @@ def test_served_confidence_is_the_same_with_and_without_the_c_loop(
             assert fast == pytest.approx(slow, rel=1e-12)
             compared += 1
     assert compared >= 6
+
+
+def test_answer_span_reads_the_scanners_lazy_tokens_as_the_python_paths_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """answer_span confidence is what reads the tokens' strings on the request path: the
+    C scanner's LazyTokens give the span the Python path's list gives."""
+    config = TaskConfig(confidence=ConfidenceMethod.answer_span, answer_pattern=r"(\w+)\W*$")
+    rng = random.Random(11)
+    found = 0
+    for _ in range(20):
+        body = render_json(random_response(rng, "chat", 5), rng)
+        lazy = capture_response(body, "chat", 5)
+        with monkeypatch.context() as m:
+            m.setattr(cap, "_native", None)
+            eager = capture_response(body, "chat", 5)
+        assert type(eager.tokens) is list
+        if isinstance(lazy.tokens, cap.LazyTokens):
+            assert lazy.tokens._strings is None
+            span = conf.answer_span(lazy, config)
+            assert span == conf.answer_span(eager, config)
+            found += span is not None
+    assert found >= 5

@@ -1236,7 +1236,6 @@ def test_decode_tokens_checks_its_table() -> None:
     one whose token does not decode, raises; nothing reads outside the buffer."""
     decode_tokens = scanner().decode_tokens
     body = b'["ab","c\\n"]'
-    entry = 24
 
     def table(*refs: tuple[int, int, int]) -> bytes:
         return b"".join(np.array(ref, np.int64).tobytes() for ref in refs)
@@ -1247,7 +1246,7 @@ def test_decode_tokens_checks_its_table() -> None:
     # "token" member has one that is not in the body at all).
     assert decode_tokens(body, table((-5, 0, 1), (2**40, 0, 0)), DECODE) == ["", ""]
     for bad in (
-        b"x" * (entry - 1),
+        b"x" * 23,  # not a whole 24-byte entry
         table((0, 2, 0)),  # no quote before it
         table((2, 12, 0)),  # no quote after it
         table((2, -1, 0)),
