@@ -8,7 +8,8 @@
  * every wait for the upstream that was most of the sidecar's added latency
  * (docs/proxy-benchmark-history.md, sixth session). No JSON library fills
  * typed arrays from nested objects without building those objects. This
- * scanner builds none but the chosen tokens' strings.
+ * scanner builds none but the chosen tokens' strings, and on the request path
+ * not those either (`lazy`, below).
  *
  * Contract (tested against the pure-Python path in tests/proxy/test_native_scan.py):
  * scan_chat(buf, start, k, decode) parses exactly one JSON object at buf[start]
@@ -19,16 +20,19 @@
  * number that is not finite, a nesting deeper than MAX_DEPTH. None means
  * "use the Python path", never "invalid": the scanner accepts a subset of
  * what msgspec accepts. `decode` (msgspec.json.decode) turns escaped string
- * literals into str, so no JSON unescaping is written here.
+ * literals into str, so no JSON unescaping is written here. With `lazy` true
+ * (what capture does) tokens is instead a table of where each token's literal
+ * sits in buf, every one checked to decode, and decode_tokens(buf, table,
+ * decode) builds the same strings when something reads them.
  *
  * scan_completions does the same for the legacy completions form (parallel
  * arrays, top_logprobs as {token: logprob} objects), declining what the
  * Python path would pad, cut or merge (see scan_completion_logprobs).
  *
  * Also here: scan_chat_many and scan_completions_many, the same over a
- * stream's chunks (one logprobs object each); window_confidence, the
- * per-response confidence's loop; and buffer_address, for the spans of
- * msgspec.Raw views.
+ * stream's chunks (one logprobs object each, tokens always as strings);
+ * window_confidence, the per-response confidence's loop; and buffer_address,
+ * for the spans of msgspec.Raw views.
  *
  * Portability: strtod_l and newlocale are POSIX 2008 (glibc, musl, macOS);
  * setup.py builds this module optionally, so a platform without them falls
