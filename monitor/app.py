@@ -31,6 +31,7 @@ ROUTERS: list[str] = [
     "monitor.api.evaluate:router",
     "monitor.alerting.router:router",
     "monitor.dashboard.router:router",
+    "monitor.api.docs:router",  # /api/openapi.json and /api/docs, admin only
 ]
 
 
@@ -71,8 +72,10 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> FastAPI:
         title="Thermostat",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/api/docs",
-        openapi_url="/api/openapi.json",
+        # FastAPI would serve these without auth; monitor.api.docs serves
+        # /api/docs and /api/openapi.json behind the admin token instead.
+        docs_url=None,
+        openapi_url=None,
         redoc_url=None,
     )
     app.state.settings = settings

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from monitor.alerting.webhook_secret import check_secret
 from monitor.errors import ConfigError
 
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -33,7 +34,8 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 
 
 def is_valid_task_name(name: str) -> bool:
-    return bool(_TASK_NAME.match(name))
+    # fullmatch: with match, `$` also matches before a final newline ("quiz\n").
+    return bool(_TASK_NAME.fullmatch(name))
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -171,6 +173,13 @@ class WebhookConfig(_Strict):
         if unknown:
             raise ValueError(f"unknown event(s) {unknown}; known: {list(EVENT_TYPES)}")
         return events
+
+    @field_validator("secret")
+    @classmethod
+    def _usable_secret(cls, secret: str) -> str:
+        # Refused here, at start, as the admin API refuses it: a secret that
+        # cannot sign would otherwise fail every delivery to this endpoint.
+        return check_secret(secret)
 
 
 class ConfigFile(BaseModel):

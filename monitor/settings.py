@@ -12,6 +12,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -20,6 +21,8 @@ from monitor.config import ConfigFile, TaskConfig, describe_validation_error, lo
 from monitor.errors import ConfigError
 
 ENV_PREFIX = "THERMOSTAT_"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class _Section(BaseModel):
@@ -62,7 +65,8 @@ class SchedulerSettings(_Section):
     webhook_delivery_interval_s: float = Field(default=2.0, gt=0)
     cron_recalibration_enabled: bool = True
     recalibration_cooldown_s: float = Field(default=6 * 3600.0, ge=0)
-    alert_renotify_s: float = Field(default=6 * 3600.0, ge=0)
+    # 0: an episode notifies once on firing and once on resolving (CONTRACT.md).
+    alert_renotify_s: float = Field(default=0.0, ge=0)
     bootstrap_resamples: int = Field(default=200, ge=0)
 
 
@@ -122,7 +126,7 @@ class Settings(BaseSettings):
     feedback_token: SecretStr | None = None
     evaluate_interval_s: float = Field(default=60.0, gt=0)
     model_admin_url: str | None = None
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
 
     proxy: ProxySettings = ProxySettings()
     recorder: RecorderSettings = RecorderSettings()
@@ -136,12 +140,21 @@ class Settings(BaseSettings):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("upstream_url", "model_admin_url", mode="before")
+    @classmethod
+    def _blank_url_is_none(cls, value: Any) -> Any:
+        # As for tokens and the database URL: an empty variable means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("upstream_url", "model_admin_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {value!r}")
-        return value.rstrip("/") if value else value
+        return None if value is None else check_http_url(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("admin_token", "feedback_token", mode="before")
     @classmethod
@@ -176,6 +189,44 @@ class Settings(BaseSettings):
 
     def task_config(self, name: str) -> TaskConfig:
         return self.config_file.task(name)
+
+
+def check_http_url(value: str) -> str:
+    """Parse a base URL as the clients will at start, so a bad one fails at settings load.
+
+    The upstream client splits the URL only when the app starts, where a bad
+    port or an empty host used to surface as a traceback from the lifespan.
+    """
+    shown = _redact(value)
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"must not contain spaces or control characters, got {shown!r}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc}), got {shown!r}") from None
+    if parts.scheme not in ("http", "https") or not value.lower().startswith(parts.scheme + "://"):
+        raise ValueError(f"must start with http:// or https://, got {shown!r}")
+    if not parts.hostname:
+        raise ValueError(f"has no host, got {shown!r}")
+    if port == 0:  # the client would read 0 as "no port" and use 80 or 443
+        raise ValueError(f"port must be 1 to 65535, got {shown!r}")
+    try:
+        parts.netloc.rpartition("@")[2].encode("idna")  # the client's Host header
+    except UnicodeError:
+        raise ValueError(f"host {parts.hostname!r} is not a valid host name") from None
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError(f"must not have a query or fragment, got {shown!r}")
+    return value.rstrip("/")
+
+
+def _redact(url: str) -> str:
+    """The URL with any user:password replaced, so an error line does not leak it."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if not sep or "@" not in netloc:
+        return url
+    return f"{scheme}://***@{netloc.rpartition('@')[2]}{slash}{path}"
 
 
 def cached_config_file(path: Path) -> ConfigFile:

@@ -135,3 +135,81 @@ def test_every_command_has_help(env: dict[str, str]) -> None:
     for name in COMMANDS:
         result = thermostat(name, "--help", env=env)
         assert result.returncode == 0 and "usage: thermostat" in result.stdout
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("thermostat serve: error: ") and expected in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "expected"),
+    [
+        ("UPSTREAM_URL", "http://", "upstream_url: has no host"),
+        ("UPSTREAM_URL", "http://host:abc/v1", "upstream_url: not a valid URL"),
+        ("MODEL_ADMIN_URL", "http://", "model_admin_url: has no host"),
+        ("MODEL_ADMIN_URL", "http://host:abc", "model_admin_url: not a valid URL"),
+    ],
+)
+def test_bad_upstream_url_is_one_line(
+    env: dict[str, str], name: str, url: str, expected: str
+) -> None:
+    env[f"THERMOSTAT_{name}"] = url
+    result = thermostat("serve", "--port", str(free_port()), env=env)
+    assert_one_line_error(result, f"invalid settings: {expected}")
+
+
+@pytest.mark.parametrize("role", ["all", "scheduler"])
+def test_missing_alert_rules_are_one_line(env: dict[str, str], role: str) -> None:
+    env["THERMOSTAT_ALERT_RULES"] = "/nonexistent"
+    result = thermostat("serve", "--role", role, "--port", str(free_port()), env=env)
+    assert_one_line_error(result, "alert rules /nonexistent does not exist")
+
+
+def test_unreadable_alert_rules_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: [\n")
+    env["THERMOSTAT_ALERT_RULES"] = str(rules)
+    result = thermostat("serve", "--port", str(free_port()), env=env)
+    assert_one_line_error(result, f"alert rules file {rules} cannot be read")
+
+
+def test_unknown_log_level_is_one_line(env: dict[str, str]) -> None:
+    env["THERMOSTAT_LOG_LEVEL"] = "bogus"
+    result = thermostat("serve", "--port", str(free_port()), env=env)
+    assert_one_line_error(result, "invalid settings: log_level: ")
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-1", "eighty"])
+def test_port_out_of_range_is_a_usage_error(
+    port: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """70000 used to bind port 4464 (70000 - 65536) without a word."""
+    import uvicorn
+
+    from monitor.cli import main
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve got as far as binding a port")
+
+    monkeypatch.setattr(uvicorn, "run", refuse)
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--port", port])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("thermostat serve: error: argument --port")
+
+
+def test_empty_upstream_url_means_not_set(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    monkeypatch.setenv("THERMOSTAT_UPSTREAM_URL", "")
+    monkeypatch.setenv("THERMOSTAT_MODEL_ADMIN_URL", " ")
+    assert main(["evaluate", "--json"]) == 0
+    assert capsys.readouterr().out.strip() == "[]"

@@ -41,15 +41,6 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-def check_secret(secret: str) -> str:
-    """A usable Standard Webhooks secret (`whsec_` + base64), or ValueError."""
-    try:
-        Signer(secret)
-    except Exception:
-        raise ValueError("secret must be base64, optionally prefixed with whsec_") from None
-    return secret
-
-
 def mask_secret(secret: str) -> str:
     body = secret.removeprefix(SECRET_PREFIX)
     return f"{SECRET_PREFIX}{body[:4]}…" if len(body) > 8 else f"{SECRET_PREFIX}…"
@@ -92,15 +83,22 @@ class AttemptResult:
 
 
 def _post(
-    client: httpx.Client, hook: Webhook, delivery: WebhookDelivery, timeout_s: float, now: datetime
+    client: httpx.Client, hook: Webhook, delivery: WebhookDelivery, timeout_s: float
 ) -> tuple[int | None, str | None, float]:
-    headers = signed_headers(hook.secret, delivery.message_id, delivery.payload, now)
+    """POST once; any failure, expected or not, is this attempt's error, never raised.
+
+    Signed with the time of sending, not the batch's: receivers reject
+    timestamps more than 5 minutes off, and a batch can outlast that.
+    """
     started = time.perf_counter()
     try:
+        headers = signed_headers(hook.secret, delivery.message_id, delivery.payload, utcnow())
         response = client.post(
             hook.url, content=delivery.payload.encode(), headers=headers, timeout=timeout_s
         )
-    except httpx.HTTPError as exc:
+    except Exception as exc:
+        if not isinstance(exc, httpx.HTTPError):
+            log.exception("webhook delivery %s to endpoint %s failed", delivery.id, hook.id)
         return None, f"{type(exc).__name__}: {exc}"[:500], (time.perf_counter() - started) * 1e3
     elapsed = (time.perf_counter() - started) * 1e3
     if 200 <= response.status_code < 300:
@@ -135,7 +133,7 @@ def deliver_one(
     now = now or utcnow()
     config = settings.webhooks
     session.commit()
-    status_code, error, elapsed = _post(client, hook, delivery, config.timeout_s, now)
+    status_code, error, elapsed = _post(client, hook, delivery, config.timeout_s)
     try:
         session.refresh(delivery)
         session.refresh(hook)

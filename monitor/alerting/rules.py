@@ -66,8 +66,14 @@ _NUMERIC_TASK_FIELDS = {
 
 
 def default_rules_path() -> Path:
-    """The shipped rules: `alerts/` at the repository root, beside the package."""
-    return Path(monitor.__file__).resolve().parents[1] / "alerts"
+    """The shipped rules: `alerts/` at the repository root in a checkout (or an editable
+    install), else the copy a built wheel carries as `monitor/_alerts/` (see setup.py)."""
+    package = Path(monitor.__file__).resolve().parent
+    root = package.parent
+    # pyproject.toml marks a checkout: an unrelated `alerts` folder in site-packages is not ours.
+    if (root / "alerts").is_dir() and (root / "pyproject.toml").is_file():
+        return root / "alerts"
+    return package / "_alerts"
 
 
 def _task_reference(value: Any) -> Any:
@@ -86,7 +92,8 @@ class Rule(BaseModel):
     metric: str
     comparison: Literal[">", ">=", "<", "<="]
     threshold: float | str
-    for_: int = Field(default=1, ge=1, alias="for")
+    # Consecutive breaching evaluations before firing (DESIGN.md: default 2).
+    for_: int = Field(default=2, ge=1, alias="for")
     min_samples: int | str = 0
     severity: Literal["info", "warning", "critical"] = "warning"
     description: str = ""

@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from monitor.alerting.delivery import check_secret, mask_secret
+from monitor.alerting.delivery import mask_secret
+from monitor.alerting.webhook_secret import check_secret
 from monitor.config import EVENT_TYPES
 from monitor.db.models import Webhook, WebhookAttempt, WebhookDelivery
 

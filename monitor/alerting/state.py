@@ -6,8 +6,9 @@
 
 One open episode per rule and task (a partial unique index). Notifications
 go through the webhook outbox in the same transaction as the state change,
-so `alert.firing` is emitted exactly once per episode (plus a re-notification
-every `alert_renotify_s` while it keeps firing) and `alert.resolved` once.
+so `alert.firing` is emitted exactly once per episode and `alert.resolved`
+once. Re-notification while an episode keeps firing is opt-in: every
+`alert_renotify_s` seconds when set, never by default (0).
 
 Insufficient data: a pending episode is dropped (the breach streak is broken
 and nobody was notified), a firing one stays firing until enough data says

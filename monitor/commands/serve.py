@@ -17,7 +17,20 @@ log = logging.getLogger("monitor.serve")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--role", choices=ROLES, default="all", help="which role(s) to run")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    parser.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    parser.add_argument(
+        "--port", type=port_number, default=8080, help="port to bind (default 8080)"
+    )
+
+
+def port_number(text: str) -> int:
+    """An argparse type for a TCP port: the OS would silently wrap 70000 to 4464."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, got {value}")
+    return value
 
 
 def check_binding(settings: Settings, host: str) -> None:
@@ -45,8 +58,14 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     setup_logging(settings.log_level)
+    # Fail before binding, with one line, on what the app's lifespan would otherwise
+    # refuse with a traceback: bad alert rules (the scheduler loads them at start;
+    # cached, so its own load reuses this one), an unreachable database, a stale schema.
+    if args.role in ("all", "scheduler"):
+        from monitor.alerting.rules import load_rules
+
+        load_rules(settings.alert_rules)
     check_binding(settings, args.host)
-    # Fail before binding, with one line, on an unreachable database or stale schema.
     open_runtime(settings, args.role).engine.dispose()
     log.info(
         "thermostat %s on http://%s:%d (database %s)",

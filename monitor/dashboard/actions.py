@@ -1,5 +1,9 @@
 """Dashboard actions: POST + CSRF, then redirect-after-post with a flash message.
 
+The CSRF token is required of cookie-authorised requests only: one carrying
+the admin bearer token cannot come from a cross-site form. Sign-out needs the
+session alone (see `monitor.dashboard.session`).
+
 Each action commits before redirecting: the request dependency would commit
 only after the response is sent, and the browser follows the redirect at
 once, so the next page could otherwise show the state before the action.
@@ -36,17 +40,24 @@ def csrf_checked(
     page: Annotated[DashboardSession, Depends(current_session)],
     csrf_token: Annotated[str | None, Form()] = None,
 ) -> DashboardSession:
-    """Session first (no session: 303 to login), then the form's CSRF token (else 403)."""
-    check_csrf(page, csrf_token)
+    """Session first (no session: 303 to login), then the form's CSRF token (else 403).
+
+    A request authorised by the admin bearer token needs none.
+    """
+    if not page.bearer:
+        check_csrf(page, csrf_token)
     return page
 
 
 Action = Annotated[DashboardSession, Depends(csrf_checked)]
+Signed = Annotated[DashboardSession, Depends(current_session)]
 
 
 @router.post("/logout")
-def logout(request: Request, page: Action, session: SessionDep) -> Response:
-    if not page.loopback_mode:
+def logout(request: Request, page: Signed, session: SessionDep) -> Response:
+    """No CSRF token needed: a forged sign-out harms nothing, and the session cookie is
+    SameSite=Strict, so a cross-site POST carries none. A form's token is ignored."""
+    if page.from_cookie:
         revoke(session, page)
         session.commit()
     response = redirect(request, "/dashboard/login", "Signed out.")

@@ -2,7 +2,8 @@
 
 Every route but the login page and the stylesheet depends on
 `current_session`, which redirects (303) to the login page without a valid
-session cookie; in loopback mode (no admin token) it lets local clients in.
+session cookie or `Authorization: Bearer <admin token>`; in loopback mode (no
+admin token) it lets local clients in.
 """
 
 from __future__ import annotations

@@ -9,11 +9,20 @@ Signing out clears the cookie and records the session id as revoked
 (`dashboard_revoked_sessions`), so a copy of the cookie held elsewhere ends
 too, in every api process; the row is deleted once the cookie has expired.
 
+The contract makes the admin token the bearer token "for `/api/*` and the
+dashboard", so `Authorization: Bearer <admin token>` opens every page and
+action too (compared in constant time by `monitor.auth`, as the API does); a
+wrong bearer token is counted as a refused dashboard token and gets the
+login redirect like no credentials at all.
+
 CSRF: every form carries `csrf_token = HMAC(key, "csrf." + session id)`,
 checked in constant time on POST. The cookie is also SameSite=Strict, so a
-cross-site form never carries it; the token is the defence in depth. The
-login form is exempt: there is one identity (the admin token), so a forged
-login would need the token itself.
+cross-site form never carries it; the token is the defence in depth. Exempt:
+the login form (there is one identity, the admin token, so a forged login
+would need the token itself); requests authorised by the bearer header (a
+browser never adds an Authorization header on its own, so a cross-site form
+cannot forge one); and sign-out (a forged sign-out harms nothing, and a
+cross-site POST carries no SameSite=Strict cookie anyway).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import hmac
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -34,10 +43,11 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from monitor.auth import client_host, is_loopback, tokens_match
+from monitor.auth import bearer_token, client_host, is_loopback, tokens_match
 from monitor.db.dialect import insert_ignoring_conflicts
 from monitor.db.models import RevokedDashboardSession
-from monitor.deps import SessionDep
+from monitor.deps import SessionDep, get_runtime
+from monitor.refused_tokens import refused_tokens
 from monitor.settings import Settings
 
 SESSION_COOKIE = "thermostat_session"
@@ -48,12 +58,19 @@ _KEY_ATTR = "dashboard_signing_key"
 
 @dataclass(frozen=True)
 class DashboardSession:
-    """Who is looking: a signed-in operator, or a loopback client with no token configured."""
+    """Who is looking: a signed-in operator, a script holding the admin token as a
+    bearer header, or a loopback client with no token configured."""
 
     session_id: str
     expires_at: int
     loopback_mode: bool
     csrf_token: str
+    bearer: bool = False  # the request carries the admin bearer token: no CSRF token needed
+
+    @property
+    def from_cookie(self) -> bool:
+        """Whether a signed session cookie backs this (so signing out can revoke it)."""
+        return not self.loopback_mode and self.expires_at > 0
 
 
 class LoginRequired(Exception):
@@ -132,6 +149,14 @@ def login_allowed_without_token(request: Request) -> bool:
     return settings.admin_token is None and is_loopback(client_host(request))
 
 
+def admin_bearer(request: Request) -> bool:
+    """Whether the request carries `Authorization: Bearer <admin token>` (constant time)."""
+    settings: Settings = request.app.state.settings
+    if settings.admin_token is None:
+        return False
+    return tokens_match(bearer_token(request), settings.admin_token)
+
+
 def signed_in(request: Request, db: Session) -> DashboardSession | None:
     """The request's session if its cookie is valid and was not signed out."""
     settings: Settings = request.app.state.settings
@@ -153,12 +178,23 @@ def revoke(db: Session, session: DashboardSession) -> None:
 
 
 def current_session(request: Request, db: SessionDep) -> DashboardSession:
-    """The page dependency: a valid session, or loopback mode, else LoginRequired."""
+    """The page dependency: a valid session cookie, the admin bearer token, or loopback
+    mode, else LoginRequired.
+
+    With both a cookie and the bearer token the cookie's session is kept (so a
+    sign-out still revokes it), marked as bearer-authorised.
+    """
+    bearer = admin_bearer(request)
     session = signed_in(request, db)
     if session is not None:
-        return session
+        return replace(session, bearer=True) if bearer else session
+    if bearer:
+        return DashboardSession("bearer", 0, False, csrf_for(signing_key(request), "bearer"), True)
     if login_allowed_without_token(request):
         return DashboardSession("loopback", 0, True, csrf_for(signing_key(request), "loopback"))
+    if bearer_token(request) is not None and request.app.state.settings.admin_token is not None:
+        # A bearer token was sent and is not the admin token: a refusal, counted as on the API.
+        refused_tokens(get_runtime(request)).refused("dashboard", client_host(request))
     path = request.url.path
     if request.url.query and request.method == "GET":
         path += "?" + request.url.query

@@ -149,8 +149,11 @@ def run_demo(
                 f"\nServing: dashboard {run.summary.dashboard_url}, proxy {sidecar.base_url}/v1"
             )
             console.print("Press Ctrl-C to stop.")
-            while sidecar.process.poll() is None:
-                time.sleep(1)
+            try:
+                while sidecar.process.poll() is None:
+                    time.sleep(1)
+            except KeyboardInterrupt:  # the way this step is meant to end: exit 0
+                console.print("Stopped.")
         return run.summary
     finally:
         for process in (sidecar, model):

@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from monitor.deps import FeedbackAuth, get_runtime
-from monitor.errors import ValidationFailed
+from monitor.errors import ThermostatError
 from monitor.feedback.schemas import (
     BatchIn,
     BatchOut,
@@ -81,7 +81,7 @@ async def post_feedback_batch(request: Request) -> JSONResponse:
     for index, data in enumerate(raw_items):
         try:
             items.append(parse_item(data, prefix=f"items.{index}"))
-        except ValidationFailed as exc:
+        except ThermostatError as exc:  # invalid (422), or an id that is no UUID (404)
             items.append(exc)
     outcomes = await _submit(request, items)
     results = []

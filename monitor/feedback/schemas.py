@@ -14,9 +14,17 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    ValidationError,
+    field_validator,
+)
 
-from monitor.errors import ValidationFailed
+from monitor.errors import NotFoundError, ValidationFailed
 from monitor.http_errors import describe_request_error
 
 SOURCE_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,63}$"
@@ -29,7 +37,8 @@ class FeedbackIn(BaseModel):
 
     generation_id: uuid.UUID
     label: StrictBool | None = None
-    score: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    # Strict: a number (an integer too), never a boolean or a numeric string.
+    score: StrictFloat | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
     source: str = Field(default="user", pattern=SOURCE_PATTERN)
     comment: str | None = Field(default=None, max_length=MAX_COMMENT)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
@@ -112,11 +121,22 @@ def parse_json(body: bytes) -> Any:
 
 
 def parse_item(data: Any, prefix: str = "") -> FeedbackIn:
-    """Validate one feedback object; ValidationFailed names the offending field."""
+    """Validate one feedback object; ValidationFailed names the offending field.
+
+    A `generation_id` that is a string but no UUID names no generation there
+    could be: NotFoundError (404, as for any unknown id), once the rest of the
+    item is valid.
+    """
     try:
         item = FeedbackIn.model_validate(data)
     except ValidationError as exc:
-        message, field = describe_request_error([dict(e) for e in exc.errors()])
+        errors = [dict(e) for e in exc.errors() if not _names_no_generation(data, e)]
+        if not errors:  # only the id: valid otherwise (the label/score check below too)?
+            parse_item({**data, "generation_id": str(uuid.UUID(int=0))}, prefix)
+            name = f"{prefix}.generation_id" if prefix else "generation_id"
+            message = f"generation {data['generation_id']!r} not found"
+            raise NotFoundError(message, field=name) from None
+        message, field = describe_request_error(errors)
         if not field and not isinstance(data, dict):
             message = "expected a JSON object"
         if prefix:
@@ -128,6 +148,16 @@ def parse_item(data: Any, prefix: str = "") -> FeedbackIn:
         name = f"{prefix}.{field}" if prefix else field
         raise ValidationFailed(f"{name}: give exactly one of label or score", field=name)
     return item
+
+
+def _names_no_generation(data: Any, error: Any) -> bool:
+    """Whether `error` is only that `generation_id`, a non-empty string, is no UUID."""
+    return (
+        tuple(error["loc"]) == ("generation_id",)
+        and isinstance(data, dict)
+        and isinstance(data.get("generation_id"), str)
+        and bool(data["generation_id"].strip())
+    )
 
 
 def parse_batch(data: Any) -> list[Any]:

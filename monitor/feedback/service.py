@@ -41,7 +41,6 @@ from monitor.errors import (
     DatabaseError,
     NotFoundError,
     ThermostatError,
-    ValidationFailed,
 )
 from monitor.feedback import repository
 from monitor.feedback.schemas import FeedbackIn, FeedbackOut
@@ -72,7 +71,7 @@ class Outcome:
     error: ThermostatError | None = None
 
 
-Item = FeedbackIn | ValidationFailed
+Item = FeedbackIn | ThermostatError  # a parsed item, or why it could not be (422, 404)
 
 
 class FeedbackService:
@@ -99,7 +98,9 @@ class FeedbackService:
         it = iter(range(len(valid)))
         for item in items:
             outcome = (
-                results[next(it)] if isinstance(item, FeedbackIn) else Outcome(422, error=item)
+                results[next(it)]
+                if isinstance(item, FeedbackIn)
+                else Outcome(item.status_code, error=item)
             )
             source = item.source if isinstance(item, FeedbackIn) else "invalid"
             self.metrics.feedback_total.labels(source=source, outcome=_outcome(outcome)).inc()

@@ -33,7 +33,7 @@ from monitor.proxy.rewrite import (
     rewrite,
 )
 from monitor.proxy.splice import append_thermostat, strip_logprobs, trim_top_logprobs
-from monitor.proxy.sse import SSEParser, encode_event
+from monitor.proxy.sse import SSEParser, encode_event, ended
 from monitor.proxy.stream_capture import ChunkInfo, StreamCapture
 from monitor.proxy.upstream import forward_headers, response_headers
 from monitor.proxy.upstream_client import UpstreamClient, UpstreamResponse
@@ -322,13 +322,14 @@ class _Exchange:
     def _thermostat_headers(
         self, thermostat: dict[str, Any], overhead_ms: float | None
     ) -> list[tuple[bytes, bytes]]:
-        headers = [(b"x-thermostat-generation-id", thermostat["generation_id"].encode())]
-        if thermostat["confidence"] is not None:
-            headers.append((b"x-thermostat-confidence", f"{thermostat['confidence']:.6f}".encode()))
-        version = thermostat["calibration_version"]
-        headers.append(
-            (b"x-thermostat-calibration-version", b"" if version is None else str(version).encode())
-        )
+        # Every header on every answer; one without a value (no logprobs, no
+        # calibration yet) is sent empty, as the body's null.
+        confidence, version = thermostat["confidence"], thermostat["calibration_version"]
+        headers = [
+            (b"x-thermostat-generation-id", thermostat["generation_id"].encode()),
+            (b"x-thermostat-confidence", b"%.6f" % confidence if confidence is not None else b""),
+            (b"x-thermostat-calibration-version", b"%d" % version if version is not None else b""),
+        ]
         if overhead_ms is not None:
             headers.append((b"x-thermostat-overhead-ms", f"{overhead_ms:.3f}".encode()))
         return headers
@@ -364,12 +365,31 @@ class _Exchange:
             )
         finally:
             watcher.cancel()
+        if not disconnected.is_set():
+            await self._relay_last_event(parser, capture)
         self.upstream_seconds = time.perf_counter() - self.upstream_started
         captured = capture.result(partial=disconnected.is_set() or not capture.done)
         thermostat, span = self.thermostat_object(captured)
         if not disconnected.is_set():
             await self._send_closing_chunks(capture, thermostat)
         self._finish(captured, thermostat, span, None)
+
+    async def _relay_last_event(self, parser: SSEParser, capture: StreamCapture) -> None:
+        """The upstream's last event when the stream ended without its blank line.
+
+        A complete one (its lines ended) is relayed and recorded like any
+        other, with the blank line that dispatches it added; a cut one (the
+        stream stopped mid-line) is dropped, as a client reading the upstream
+        directly would drop it, rather than run into the thermostat chunk.
+        """
+        for event in parser.close():
+            if not event.raw.endswith((b"\n", b"\r")):
+                log.warning("stream for task %s ended mid-line", self.rewritten.task)
+                continue
+            out = ended(self._relay_event(event, capture))
+            if out:
+                with contextlib.suppress(OSError):
+                    await self.send({"type": "http.response.body", "body": out, "more_body": True})
 
     def _relay_event(self, event: Any, capture: StreamCapture) -> bytes:
         if event.data is None:

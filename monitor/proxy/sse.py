@@ -20,6 +20,7 @@ from dataclasses import dataclass
 # A line terminator followed by another one. A lone "\r" counts only when not
 # followed by "\n", so "\r\n" is never taken for two line ends.
 _BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))")
+_ENDS_WITH_BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))\Z")
 _LINE_SPLIT = re.compile(rb"\r\n|\n|\r")
 DONE = b"[DONE]"
 
@@ -54,6 +55,14 @@ def _parse_fields(block: bytes) -> tuple[bytes | None, str | None]:
         elif name == b"event":
             event = value.decode("utf-8", "replace")
     return (b"\n".join(data) if data else None), event
+
+
+def ended(raw: bytes) -> bytes:
+    """``raw`` with the blank line that dispatches an event, added after its last line
+    end (in the same style) where the stream stopped before it."""
+    if not raw or _ENDS_WITH_BLANK_LINE.search(raw):
+        return raw
+    return raw + (b"\r\n" if raw.endswith(b"\r\n") else raw[-1:])
 
 
 def encode_event(data: bytes) -> bytes:

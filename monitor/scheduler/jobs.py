@@ -43,15 +43,23 @@ def run_evaluation(runtime: Runtime, now: datetime | None = None) -> list[TaskEv
 def deliver_due(
     runtime: Runtime, now: datetime | None = None, limit: int = 100
 ) -> list[AttemptResult]:
-    """Send every due delivery once; each delivery commits on its own."""
+    """Send every due delivery once; each delivery commits on its own.
+
+    `now` picks what is due and schedules retries; each request is signed
+    with its own send time. One delivery's failure never stops the others.
+    """
     now = now or utcnow()
     with session_scope(runtime.sessions) as session:
         ids = due_delivery_ids(session, now, limit)
     client = shared_client(runtime)
     results = []
     for delivery_id in ids:
-        with session_scope(runtime.sessions) as session:
-            result = deliver_one(session, client, runtime.settings, delivery_id, now=now)
+        try:
+            with session_scope(runtime.sessions) as session:
+                result = deliver_one(session, client, runtime.settings, delivery_id, now=now)
+        except Exception:
+            log.exception("webhook delivery %s could not be processed", delivery_id)
+            continue
         if result is not None:
             results.append(result)
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,10 +23,13 @@ from tests.support.servers import serve_handler
 
 @dataclass
 class Receiver:
-    """Records every request; answers with the next scripted status (last one repeats)."""
+    """Records every request and when it arrived (epoch seconds); answers with the
+    next scripted status (last one repeats), after the next scripted delay (then none)."""
 
     statuses: list[int] = field(default_factory=lambda: [200])
+    delays: list[float] = field(default_factory=list)
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)
     url: str = ""
 
     def next_status(self) -> int:
@@ -33,16 +37,21 @@ class Receiver:
 
 
 @contextmanager
-def webhook_receiver(statuses: list[int] | None = None) -> Iterator[Receiver]:
-    receiver = Receiver(statuses=list(statuses or [200]))
+def webhook_receiver(
+    statuses: list[int] | None = None, delays: list[float] | None = None
+) -> Iterator[Receiver]:
+    receiver = Receiver(statuses=list(statuses or [200]), delays=list(delays or []))
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             with lock:
+                receiver.arrived.append(time.time())
                 receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 status = receiver.next_status()
+                delay = receiver.delays.pop(0) if receiver.delays else 0.0
+            time.sleep(delay)
             self.send_response(status)
             self.send_header("content-length", "0")
             self.end_headers()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook as Verifier
 
@@ -98,6 +100,31 @@ def test_overconfident_task_fires_once_then_resolves(runtime: Runtime) -> None:
     assert count(runtime, RecalibrationJob) == 1
 
 
+def test_ece_rule_uses_the_tasks_own_lower_min_samples(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A task with `min_samples: 100` is judged on 150 labels, not held to the default 300."""
+    config = tmp_path / "thermostat.yaml"
+    config.write_text(yaml.safe_dump({"tasks": {"qa": {"min_samples": 100}}}))
+    rt = open_runtime(make_settings(config=config), "scheduler")
+    now = utcnow()
+    try:
+        with session_scope(rt.sessions) as session:
+            add_generations(session, "qa", *overconfident(150), now=now)
+        (first,) = run_evaluation(rt, now=now)
+        assert first.status == "breach" and first.metrics["ece"] == pytest.approx(0.3)
+        with session_scope(rt.sessions) as session:
+            assert list(session.scalars(select(Alert.state))) == ["pending"]
+        run_evaluation(rt, now=now + timedelta(minutes=1))  # the rule's `for: 2`
+        with session_scope(rt.sessions) as session:
+            alert = session.scalars(select(Alert)).one()
+            job = session.scalars(select(RecalibrationJob)).one()
+        assert (alert.rule, alert.state, alert.samples) == ("ece_above_threshold", "firing", 150)
+        assert (job.task, job.trigger) == ("qa", "threshold")
+    finally:
+        rt.engine.dispose()
+
+
 def test_renotify_while_firing(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(scheduler={"alert_renotify_s": 600})
     rt = open_runtime(settings, "scheduler")
@@ -114,6 +141,21 @@ def test_renotify_while_firing(make_settings: Callable[..., Settings]) -> None:
         assert renotified == [False, True]  # fired at minute 1, re-sent at 12 (>= 10 min)
     finally:
         rt.engine.dispose()
+
+
+def test_no_renotification_by_default(runtime: Runtime) -> None:
+    """CONTRACT.md: one episode is notified once on firing, however long it fires."""
+    now = utcnow()
+    with session_scope(runtime.sessions) as session:
+        create_webhook(session, "http://127.0.0.1:9/none", ["alert.firing"], new_secret())
+        add_generations(session, "qa", *overconfident(400), now=now)
+    for minutes in (0, 1, 7 * 60, 13 * 60, 20 * 60):
+        run_evaluation(runtime, now=now + timedelta(minutes=minutes))
+    with session_scope(runtime.sessions) as session:
+        states = list(session.scalars(select(Alert.state)))
+        sent = list(session.scalars(select(WebhookDelivery.payload)))
+    assert states == ["firing"]
+    assert [json.loads(p)["type"] for p in sent] == ["alert.firing"]
 
 
 def test_insufficient_data_drops_pending_and_keeps_firing(runtime: Runtime) -> None:

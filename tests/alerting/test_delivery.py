@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from monitor.alerting import delivery
@@ -73,6 +74,61 @@ def test_500_then_200_is_retried_and_delivered_once(runtime: Runtime) -> None:
         attempts = list(session.scalars(select(WebhookAttempt).order_by(WebhookAttempt.attempt)))
         assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 200)]
         assert session.scalars(select(Webhook)).one().consecutive_failures == 0
+
+
+def test_each_request_is_signed_at_its_own_send_time(runtime: Runtime) -> None:
+    """The batch's `now` picks what is due; each signature carries its own send time.
+
+    The batch's clock reads 6 minutes ago (as after a run of slow endpoints) and
+    the first receiver takes 1.5 s to answer: a batch-stamped signature would be
+    "too old" for a `standardwebhooks` receiver (5 minutes of tolerance).
+    """
+    secret = delivery.new_secret()
+    batch_now = utcnow() - timedelta(minutes=6)
+    with webhook_receiver(delays=[1.5]) as receiver:
+        with session_scope(runtime.sessions) as session:
+            create_webhook(session, receiver.url, ["alert.firing"], secret)
+            for task in ("a", "b"):
+                emit_event(session, "alert.firing", {"rule": "r", "task": task})
+            session.execute(update(WebhookDelivery).values(next_attempt_at=batch_now))
+        results = deliver_due(runtime, now=batch_now)
+    assert [r.delivered for r in results] == [True, True]
+    stamps = [int(headers["webhook-timestamp"]) for headers, _ in receiver.requests]
+    for (headers, body), stamp, arrived in zip(
+        receiver.requests, stamps, receiver.arrived, strict=True
+    ):
+        Verifier(secret).verify(body, headers)
+        assert 0 <= arrived - stamp < 1.5  # stamped when sent (whole seconds)
+    assert stamps[1] >= stamps[0] + 1  # the second was sent after the slow answer
+
+
+def test_bad_secret_fails_its_own_delivery_not_the_batch(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A secret that cannot sign (stored before it was validated) is that delivery's failure."""
+    secret = delivery.new_secret()
+    with webhook_receiver() as receiver:
+        with session_scope(runtime.sessions) as session:
+            bad = create_webhook(session, receiver.url, ["alert.firing"], "whsec_abcde")
+            good = create_webhook(session, receiver.url, ["alert.resolved"], secret)
+            emit_event(session, "alert.firing", {"rule": "r", "task": "t"})
+            emit_event(session, "alert.resolved", {"rule": "r", "task": "t"})
+            bad_id, good_id = bad.id, good.id
+        now = utcnow()
+        with caplog.at_level(logging.ERROR, logger="monitor.alerting.delivery"):
+            results = deliver_due(runtime, now=now)
+    assert [(r.delivered, r.status_code) for r in results] == [(False, None), (True, 200)]
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+    ((headers, body),) = receiver.requests
+    assert Verifier(secret).verify(body, headers)["type"] == "alert.resolved"
+    with session_scope(runtime.sessions) as session:
+        rows = {r.webhook_id: r for r in session.scalars(select(WebhookDelivery))}
+        failed = rows[bad_id]
+        assert (failed.status, failed.attempts) == ("pending", 1)  # retried with backoff
+        assert failed.last_error and failed.next_attempt_at and failed.next_attempt_at > now
+        attempts = {a.delivery_id: a for a in session.scalars(select(WebhookAttempt))}
+        assert attempts[failed.id].status_code is None and attempts[failed.id].error
+        assert rows[good_id].status == "delivered"
 
 
 def test_receiver_down_records_attempts_and_disables_endpoint(runtime: Runtime) -> None:

@@ -15,9 +15,12 @@ def test_shipped_rules() -> None:
     assert default_rules_path().is_dir()
     rules = {rule.name: rule for rule in load_rules()}
     ece = rules["ece_above_threshold"]
-    assert (ece.metric, ece.comparison, ece.for_, ece.min_samples) == ("ece", ">", 2, 300)
+    assert (ece.metric, ece.comparison, ece.for_) == ("ece", ">", 2)
     assert ece.threshold_for(TaskConfig(ece_threshold=0.07)) == 0.07
+    # The task's own floor, lower or higher than the default 300 (CONTRACT.md).
+    assert ece.min_samples_for(TaskConfig(min_samples=100)) == 100
     assert ece.min_samples_for(TaskConfig(min_samples=1000)) == 1000
+    assert ece.min_samples_for(TaskConfig()) == 300
     assert rules["confidence_distribution_shift"].threshold == 0.25
     assert {"feedback_accuracy_drop", "truncation_rate_high", "repetition_rate_high"} <= set(rules)
 
@@ -49,6 +52,14 @@ def test_bad_rule_file_is_refused(tmp_path: Path, body: str, expected: str) -> N
     message = info.value.message
     assert str(path) in message and "'r1'" in message and expected in message
     assert "\n" not in message
+
+
+def test_for_defaults_to_two_evaluations(tmp_path: Path) -> None:
+    """DESIGN.md: a breach must persist for `for` evaluations (default 2) before firing."""
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - {name: r, metric: ece, comparison: '>', threshold: 0.1}\n")
+    (rule,) = load_rules(path)
+    assert rule.for_ == 2
 
 
 def test_folder_override_and_duplicate_names(tmp_path: Path) -> None:

@@ -44,6 +44,24 @@ def test_fit_temperature_accepts_torch_and_reports() -> None:
     assert res.temperature == pytest.approx(fit_temperature(z, y), rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_fit_temperature_accepts_bfloat16_and_float16_logits(dtype: torch.dtype) -> None:
+    z, y = synthetic_logits(500, 4, 2.0, seed=1)
+    narrow = torch.tensor(z).to(dtype)
+    t = fit_temperature(narrow, torch.tensor(y))
+    # widening to float32 is exact, so the fit sees the very same numbers
+    assert t == pytest.approx(fit_temperature(narrow.float().numpy(), y), rel=1e-12)
+    assert abs(t / 2.0 - 1) < 0.2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_temperature_accepts_cuda_bfloat16_logits() -> None:
+    z, y = synthetic_logits(500, 4, 2.0, seed=1)
+    narrow = torch.tensor(z, device="cuda").to(torch.bfloat16)
+    t = fit_temperature(narrow, torch.tensor(y, device="cuda"))
+    assert t == pytest.approx(fit_temperature(narrow.float().cpu().numpy(), y), rel=1e-12)
+
+
 def test_fit_temperature_input_errors() -> None:
     with pytest.raises(ValueError, match="shape"):
         fit_temperature(np.zeros(3), [0, 1, 2])

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import pickle
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +27,21 @@ from monitor.calibration import (
 
 GOLD_CONF = [0.05, 0.12, 0.25, 0.33, 0.41, 0.5, 0.58, 0.66, 0.72, 0.81, 0.9, 0.97]
 GOLD_LAB = [0, 0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 1]
+
+# Every way a caller may hand over confidences of float32 precision or wider.
+FLOAT_KINDS: dict[str, Callable[[list[float]], Any]] = {
+    "list": lambda v: [float(x) for x in v],
+    "numpy-float64": lambda v: np.asarray(v, dtype=np.float64),
+    "numpy-float32": lambda v: np.asarray(v, dtype=np.float32),
+    "torch-float64": lambda v: torch.tensor(v, dtype=torch.float64),
+    "torch-float32": lambda v: torch.tensor(v, dtype=torch.float32),
+}
+# Narrower floats: LLM outputs are often bfloat16 (numpy cannot hold it).
+NARROW_KINDS: dict[str, Callable[[list[float]], Any]] = {
+    "numpy-float16": lambda v: np.asarray(v, dtype=np.float16),
+    "torch-float16": lambda v: torch.tensor(v, dtype=torch.float16),
+    "torch-bfloat16": lambda v: torch.tensor(v, dtype=torch.bfloat16),
+}
 
 
 def reference_bins(conf: list[float], labels: list[float], m: int) -> list[list[int]]:
@@ -191,3 +211,120 @@ def test_compute_metrics_bundle() -> None:
         "accuracy",
     }
     assert compute_metrics(GOLD_CONF, GOLD_LAB, bootstrap=False).ece_low is None
+
+
+def bin_of(one: Any, m: int) -> int:
+    """The bin `reliability_bins` puts a single confidence in."""
+    return [b.count for b in reliability_bins(one, [1], n_bins=m)].index(1)
+
+
+@pytest.mark.parametrize("kind", FLOAT_KINDS.values(), ids=list(FLOAT_KINDS))
+def test_golden_values_hold_for_every_float_input_type(kind: Callable[[list[float]], Any]) -> None:
+    # float32 holds 0.2 as 0.20000000298: it must still go to (0.1, 0.2], as float64's 0.2 does.
+    conf, lab = kind(GOLD_CONF), kind([float(y) for y in GOLD_LAB])
+    assert expected_calibration_error(conf, lab) == pytest.approx(0.345, abs=1e-6)
+    assert maximum_calibration_error(conf, lab) == pytest.approx(0.75, abs=1e-6)
+    assert brier_score(conf, lab) == pytest.approx(0.17865, abs=1e-6)
+    want = [b.count for b in reliability_bins(GOLD_CONF, GOLD_LAB)]
+    assert [b.count for b in reliability_bins(conf, lab)] == want
+    for c, y, m, ece in [
+        ([0.95, 1.0], [1, 0], 15, 0.475),
+        ([0.0, 0.03], [1, 0], 15, 0.485),
+        ([0.2, 0.25], [1, 0], 10, 0.525),
+    ]:
+        assert expected_calibration_error(kind(c), y, n_bins=m) == pytest.approx(ece, abs=1e-6)
+        assert compute_metrics(kind(c), y, m, bootstrap=False).ece == pytest.approx(ece, abs=1e-6)
+    bins = compute_metrics(kind([0.2, 0.25]), [1, 0], 10, bootstrap=False).bins
+    assert [b.count for b in bins][1:3] == [1, 1]
+    interval = ece_bootstrap_interval(kind([0.2, 0.25]), [1, 0], n_bins=10, n_boot=50)
+    assert interval == pytest.approx(ece_bootstrap_interval([0.2, 0.25], [1, 0], 10, 50), abs=1e-6)
+    bundle = compute_metrics(kind([0.2, 0.25]), [1, 0], 10, n_boot=50)
+    assert (bundle.ece_low, bundle.ece_high) == pytest.approx(interval, abs=1e-12)
+
+
+@pytest.mark.parametrize("m", [3, 5, 7, 10, 15])
+def test_every_edge_and_its_float32_neighbours_bin_alike_for_every_input_type(m: int) -> None:
+    values: list[float] = []
+    expected: list[int] = []
+    for b in range(1, m + 1):
+        e32 = np.float32(b / m)  # what a float32 input holds for "b / M"
+        values += [b / m, float(np.nextafter(e32, np.float32(0)))]
+        expected += [b - 1, b - 1]
+        if b < m:
+            values.append(float(np.nextafter(e32, np.float32(1))))
+            expected.append(b)
+    labels = [float(i % 2) for i in range(len(values))]
+    counts = np.bincount(expected, minlength=m).tolist()
+    ece = expected_calibration_error(values, labels, n_bins=m)
+    mce = maximum_calibration_error(values, labels, n_bins=m)
+    for name, kind in FLOAT_KINDS.items():
+        assert [bin_of(kind([v]), m) for v in values] == expected, name
+        conf = kind(values)
+        assert [b.count for b in reliability_bins(conf, labels, n_bins=m)] == counts, name
+        got = compute_metrics(conf, labels, m, bootstrap=False)
+        assert [b.count for b in got.bins] == counts, name
+        assert got.ece == pytest.approx(ece, abs=1e-6), name
+        assert expected_calibration_error(conf, labels, n_bins=m) == pytest.approx(ece, abs=1e-6)
+        assert maximum_calibration_error(conf, labels, n_bins=m) == pytest.approx(mce, abs=1e-6)
+
+
+def _neighbours(one: Any) -> tuple[Any, Any]:
+    """The next representable values below and above a one-element float16/bfloat16 input."""
+    if isinstance(one, np.ndarray):
+        return np.nextafter(one, np.float16(0)), np.nextafter(one, np.float16(2))
+    bits = one.view(torch.int16)  # positive values: the bit pattern orders like the value
+    return (bits - 1).view(one.dtype), (bits + 1).view(one.dtype)
+
+
+@pytest.mark.parametrize("kind", NARROW_KINDS.values(), ids=list(NARROW_KINDS))
+def test_float16_and_bfloat16_inputs_are_accepted_and_binned_at_their_precision(
+    kind: Callable[[list[float]], Any],
+) -> None:
+    # bfloat16 holds 0.2 as 0.2001953125 and float16 0.3 as 0.300048828125: both are
+    # still "b / M" typed, so they go to the bin below the edge, as float64's would.
+    conf = kind([0.2, 0.25])
+    assert [b.count for b in reliability_bins(conf, [1, 0], n_bins=10)][1:3] == [1, 1]
+    assert expected_calibration_error(conf, [1, 0], n_bins=10) == pytest.approx(0.525, abs=1e-3)
+    want = [b.count for b in reliability_bins(GOLD_CONF, GOLD_LAB)]
+    assert [b.count for b in reliability_bins(kind(GOLD_CONF), GOLD_LAB)] == want
+    assert expected_calibration_error(kind(GOLD_CONF), GOLD_LAB) == pytest.approx(0.345, abs=5e-3)
+    for m in (3, 5, 7, 10, 15):
+        for b in range(1, m + 1):
+            edge = kind([b / m])
+            below, above = _neighbours(edge)
+            assert (bin_of(edge, m), bin_of(below, m)) == (b - 1, b - 1), (m, b)
+            if b < m:
+                assert bin_of(above, m) == b, (m, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_are_accepted() -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        conf = torch.tensor([0.2, 0.25], dtype=dtype, device="cuda")
+        lab = torch.tensor([1, 0], device="cuda")
+        assert expected_calibration_error(conf, lab, n_bins=10) == pytest.approx(0.525, abs=1e-3)
+
+
+def test_reliability_bins_are_mappings_as_well_as_dataclasses() -> None:
+    bins = reliability_bins([0.2, 0.25], [1, 0], n_bins=10)
+    b = bins[1]
+    want = {"lower": 0.1, "upper": 0.2, "count": 1, "mean_confidence": 0.2, "accuracy": 1.0}
+    assert (b.lower, b.upper, b.count, b.mean_confidence, b.accuracy) == tuple(want.values())
+    assert isinstance(b, Mapping)
+    assert b["lower"] == 0.1 and b["accuracy"] == 1.0 and b.get("nope") is None
+    assert dict(b) == want and b == want and want == b and b != {**want, "count": 2}
+    assert list(b.keys()) == list(want) and len(b) == 5 and "count" in b
+    with pytest.raises(KeyError):
+        b["nope"]
+    empty = {"lower": 0.0, "upper": 0.1, "count": 0, "mean_confidence": None, "accuracy": None}
+    assert bins[0] == empty
+    # equality and hashing by value, as the frozen dataclass had
+    again = reliability_bins([0.2, 0.25], [1, 0], n_bins=10)
+    assert bins == again and b != bins[2] and hash(b) == hash(again[1]) and len({b, again[1]}) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        b.count = 2  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(b)) == b
+    # serialisation: as_dict, asdict and the metrics bundle's JSON all give the same dicts
+    assert b.as_dict() == dataclasses.asdict(b) == want
+    stored = json.loads(json.dumps(compute_metrics([0.2, 0.25], [1, 0], 10).as_dict()))
+    assert stored["bins"] == bins and bins == stored["bins"]

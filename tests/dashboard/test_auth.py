@@ -131,13 +131,61 @@ def test_a_form_without_a_valid_csrf_token_is_refused(
     assert _job_count(sessions) == before + 1
 
 
-def test_logout_needs_csrf_and_ends_the_session(client: TestClient) -> None:
-    csrf = sign_in(client)
-    assert client.post("/dashboard/logout", follow_redirects=False).status_code == 403
-    response = client.post("/dashboard/logout", data={"csrf_token": csrf}, follow_redirects=False)
+def _revoked(sessions: sessionmaker[Session]) -> list[str]:
+    with sessions() as session:
+        return list(session.scalars(select(RevokedDashboardSession.session_id)).all())
+
+
+def test_logout_needs_only_the_session_cookie_and_ends_it(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    """Contract: `POST /dashboard/logout` ends the session; no CSRF token is needed
+    (the cookie is SameSite=Strict, and a forged sign-out harms nothing)."""
+    sign_in(client)
+    cookie = client.cookies[dash_session.SESSION_COOKIE]
+    # Still only a POST: GET does not sign out.
+    assert client.get("/dashboard/logout", follow_redirects=False).status_code == 405
+    assert client.get("/dashboard", follow_redirects=False).status_code == 200
+    response = client.post("/dashboard/logout", follow_redirects=False)  # no form at all
+    assert response.status_code == 303
+    assert response.headers["location"] == "/dashboard/login"
+    cleared = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith("thermostat_session=")
+    )
+    assert "max-age=0" in cleared.lower()
+    assert client.get("/dashboard", follow_redirects=False).status_code == 303
+    # Ended on the server too: the old cookie, sent again, is no session.
+    assert _revoked(sessions) == [cookie.split(".")[2]]
+    client.cookies.set(dash_session.SESSION_COOKIE, cookie)
+    page = client.get("/dashboard", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"].startswith("/dashboard/login")
+
+
+def test_logout_from_the_dashboard_form_still_works(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    """The dashboard's own Sign out form sends its CSRF token; that is accepted too."""
+    sign_in(client)
+    page = client.get("/dashboard").text
+    form = re.search(r'<form method="post" action="/dashboard/logout".*?</form>', page, re.S)
+    assert form is not None
+    match = CSRF_RE.search(form.group(0))
+    assert match is not None
+    data = {"csrf_token": match.group(1)}
+    response = client.post("/dashboard/logout", data=data, follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "/dashboard/login"
     assert client.get("/dashboard", follow_redirects=False).status_code == 303
+    assert len(_revoked(sessions)) == 1
+
+
+def test_logout_without_a_session_goes_to_the_login_page(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    response = client.post("/dashboard/logout", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/dashboard/login")
+    assert _revoked(sessions) == []
 
 
 def test_signing_out_ends_every_copy_of_the_session(

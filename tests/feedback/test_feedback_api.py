@@ -99,10 +99,19 @@ def test_idempotency_key_replays_or_conflicts(client: TestClient) -> None:
     assert len(_detail(client, gid)["feedback"]) == 1
 
 
-def test_unknown_generation_is_404(client: TestClient) -> None:
-    response = _post(client, {"generation_id": str(uuid.uuid4()), "label": True})
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "not_found"
+@pytest.mark.parametrize("generation_id", [str(uuid.uuid4()), "does-not-exist", "42"])
+def test_unknown_generation_is_404(client: TestClient, generation_id: str) -> None:
+    """Any string that names no generation, a UUID or not, is unknown (the contract's `str`)."""
+    response = _post(client, {"generation_id": generation_id, "label": True})
+    assert response.status_code == 404, response.text
+    error = response.json()["error"]
+    assert error["code"] == "not_found" and error["param"] == "generation_id"
+    assert generation_id in error["message"]
+
+
+def test_an_id_that_is_no_uuid_is_404_only_when_the_rest_is_valid(client: TestClient) -> None:
+    response = _post(client, {"generation_id": "does-not-exist", "score": 1.5})
+    assert response.status_code == 422 and response.json()["error"]["param"] == "score"
 
 
 @pytest.mark.parametrize(
@@ -114,7 +123,10 @@ def test_unknown_generation_is_404(client: TestClient) -> None:
         ({"label": True, "score": 0.5}, "score"),
         ({"label": "yes"}, "label"),
         ({"label": True, "comment": "x" * 4001}, "comment"),
-        ({"label": True, "generation_id": "not-a-uuid"}, "generation_id"),
+        ({"score": True}, "score"),  # a boolean is no score
+        ({"score": "0.5"}, "score"),
+        ({"label": True, "generation_id": ""}, "generation_id"),
+        ({"label": True, "generation_id": 42}, "generation_id"),
         ({"label": True, "source": "Not A Slug!"}, "source"),
         ({"label": True, "idempotency_key": "k" * 256}, "idempotency_key"),
         ({"label": True, "comment": "a\x00b"}, "comment"),  # Postgres cannot store NUL
@@ -167,16 +179,19 @@ def test_batch_returns_one_result_per_item(client: TestClient) -> None:
         {"generation_id": gid, "label": True, "idempotency_key": "b-1"},
         "not an object",
         {"generation_id": gid, "score": 0.0, "source": "grader"},
+        {"generation_id": "not-a-uuid", "label": True},
+        {"generation_id": gid, "score": 1},  # an integer score is a number
     ]
     response = client.post("/v1/feedback/batch", json={"items": items}, headers=FEEDBACK)
     assert response.status_code == 207, response.text
     results = response.json()["items"]
     assert [r["index"] for r in results] == list(range(len(items)))
-    assert [r["status"] for r in results] == [201, 404, 422, 409, 200, 422, 201]
+    assert [r["status"] for r in results] == [201, 404, 422, 409, 200, 422, 201, 404, 201]
+    assert results[7]["error"]["param"] == "items.7.generation_id"
     assert results[4]["id"] == results[0]["id"]
     assert results[2]["error"]["param"] == "items.2.score"
     assert results[1]["error"]["code"] == "not_found"
-    assert _detail(client, gid)["label"] == pytest.approx(0.5)
+    assert _detail(client, gid)["label"] == pytest.approx(0.5)  # latest per source: 1 and 0
 
 
 @pytest.mark.parametrize("count", [0, 1001])

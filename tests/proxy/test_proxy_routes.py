@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -300,8 +301,6 @@ def test_headers_named_in_connection_are_not_forwarded_either_way(
 def test_stored_positions_equal_the_generated_tokens(
     sidecar: str, upstream: FakeUpstream, stream: bool
 ) -> None:
-    import time
-
     body = {
         "model": "m",
         "messages": CHAT,
@@ -326,19 +325,70 @@ def test_stored_positions_equal_the_generated_tokens(
         ]
     else:
         tokens = response.json()["choices"][0]["logprobs"]["content"]
-    deadline = time.monotonic() + 10
-    stored = httpx.get(f"{sidecar}/api/generations/{generation_id}")
-    while stored.status_code == 404 and time.monotonic() < deadline:
-        time.sleep(0.1)
-        stored = httpx.get(f"{sidecar}/api/generations/{generation_id}")
-    assert stored.status_code == 200
-    record = stored.json()
+    record = _stored(sidecar, generation_id)
     positions = record["logprobs"]
     assert record["token_count"] == len(tokens) == len(positions) == 9
     for position, token in zip(positions, tokens, strict=True):
         assert position["chosen_logprob"] == pytest.approx(token["logprob"], abs=1e-5)
         best = max(alt["logprob"] for alt in token["top_logprobs"])
         assert max(position["top_logprobs"]) == pytest.approx(best, abs=2e-3)  # float16
+
+
+def _stored(sidecar: str, generation_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    stored = httpx.get(f"{sidecar}/api/generations/{generation_id}")
+    while stored.status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        stored = httpx.get(f"{sidecar}/api/generations/{generation_id}")
+    assert stored.status_code == 200
+    return dict(stored.json())
+
+
+def test_an_answer_without_logprobs_still_carries_every_thermostat_header(sidecar: str) -> None:
+    """An upstream that ignores the logprobs request: confidence null, its header empty."""
+    response = httpx.post(
+        f"{sidecar}/v1/chat/completions",
+        json={"model": "m", "messages": CHAT, "max_tokens": 4},
+        headers={"X-Fake-Mode": "no_logprobs"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    thermostat = response.json()["thermostat"]
+    assert thermostat["confidence"] is None and thermostat["calibration_version"] is None
+    assert response.headers["x-thermostat-generation-id"] == thermostat["generation_id"]
+    assert response.headers["x-thermostat-confidence"] == ""
+    assert response.headers["x-thermostat-calibration-version"] == ""
+    assert float(response.headers["x-thermostat-overhead-ms"]) >= 0
+
+
+@pytest.mark.parametrize("end", ["newline", "midline"])
+def test_a_stream_ending_without_its_blank_line(
+    sidecar: str, upstream: FakeUpstream, end: str
+) -> None:
+    """The upstream's last event ends after one line end (or mid-line) and no [DONE].
+
+    A complete last event is relayed, dispatchable, and recorded; a cut one is
+    dropped. Either way the thermostat chunk and [DONE] arrive as their own events.
+    """
+    body = {"model": "m", "messages": CHAT, "max_tokens": 6, "logprobs": True, "top_logprobs": 5}
+    direct = httpx.post(f"{upstream.base_url}/chat/completions", json=body, timeout=10).json()
+    tokens = [t["token"] for t in direct["choices"][0]["logprobs"]["content"]]
+    response = httpx.post(
+        f"{sidecar}/v1/chat/completions",
+        json={**body, "stream": True},
+        headers={"X-Fake-Mode": f"end={end}"},
+        timeout=10,
+    )
+    assert response.text.endswith("\n\ndata: [DONE]\n\n")
+    events = [block for block in response.text.split("\n\n") if block]
+    assert all(event.startswith("data: ") and "\n" not in event for event in events)
+    payloads = [json.loads(event[6:]) for event in events[:-1]]
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads if p["choices"])
+    kept = tokens if end == "newline" else tokens[:-1]
+    assert text == "".join(kept)
+    assert payloads[-1]["choices"] == [] and "thermostat" in payloads[-1]
+    stored = _stored(sidecar, response.headers["x-thermostat-generation-id"])
+    assert stored["token_count"] == len(kept)
 
 
 @pytest.mark.parametrize("model_admin_url", [None, "http://127.0.0.1:9"])

@@ -25,9 +25,6 @@ PUBLIC = {
     "/healthz",  # liveness probe
     "/readyz",  # readiness probe
     "/metrics",  # Prometheus scrape (no prompts, no tokens)
-    "/api/openapi.json",  # the API's shape, not its data
-    "/api/docs",
-    "/docs/oauth2-redirect",
     "/dashboard/login",  # the sign-in form itself
     "/dashboard/static/dashboard.css",
     # The proxy: the client's Authorization goes to the model server, which owns it.
@@ -93,12 +90,18 @@ def test_every_guarded_route_refuses_missing_and_wrong_tokens(sidecar: Sidecar) 
         for method, template in guarded:
             path = fill(template)
             if template.startswith("/dashboard"):
-                # Pages redirect to the sign-in form; a bearer header is no session.
-                for headers in [*WRONG, ADMIN]:
+                # Pages and actions redirect to the sign-in form; the feedback token
+                # is a wrong token here too.
+                for headers in [*WRONG, FEEDBACK]:
                     response = client.request(method, path, headers=headers)
                     assert response.status_code == 303, (method, path, headers)
                     assert response.headers["location"].startswith("/dashboard/login")
                     checked += 1
+                # The admin token is the dashboard's bearer token too (contract).
+                response = client.request(method, path, headers=ADMIN)
+                opened = not response.headers.get("location", "").startswith("/dashboard/login")
+                assert opened or template == "/dashboard/logout", (method, path)
+                assert response.status_code in (200, 303, 404), (method, path, response.text)
                 continue
             # The other service's token is a wrong token too.
             other = FEEDBACK if template.startswith("/api/") else ADMIN

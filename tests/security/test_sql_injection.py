@@ -94,7 +94,7 @@ def test_injection_attempts_are_stored_verbatim_or_refused(sidecar: Sidecar) -> 
                     json={"generation_id": payload, "label": True},
                     headers=FEEDBACK,
                 ),
-                {422},
+                {404},  # a string that names no generation
                 "generation_id",
             )
             batch = {"items": [{**item, "comment": payload, "source": "batch"}]}

@@ -88,3 +88,18 @@ def test_apply_to_sampling_takes_effect_on_next_request(server: Any, clean_table
     httpx.put(_admin(server), json=entry).raise_for_status()
     again = [_sample(server, "greedy-task", seed=s, temperature=1.0).text for s in seeds]
     assert again == hot
+
+
+@pytest.mark.parametrize("name", ["quiz\n", "q" * 64 + "\n"])
+def test_task_names_with_a_trailing_newline_are_refused(name: str) -> None:
+    """`re.match` lets `$` match before a final newline; the table must not."""
+    from pydantic import ValidationError
+
+    from monitor.serving.model_server.calibration import CalibrationTable, TaskCalibrationUpdate
+
+    with pytest.raises(ValidationError, match="invalid task name"):
+        CalibrationTable.model_validate({"tasks": {name: {"temperature": 1.5}}})
+    with pytest.raises(ValidationError):
+        TaskCalibrationUpdate.model_validate({"task": name, "temperature": 1.5})
+    table = CalibrationTable.model_validate({"tasks": {name.strip(): {"temperature": 1.5}}})
+    assert list(table.tasks) == [name.strip()]

@@ -19,7 +19,9 @@ logprobs request, like some servers), ``chunk_delay_ms=N`` (a pause between
 stream events), ``pretty`` (indented JSON with shuffled key order, to exercise
 parsers), ``set_cookie=V`` (a ``Set-Cookie: session=V`` header on the answer),
 ``hop_header`` (``X-Upstream-Hop`` marked hop-by-hop by ``Connection``, beside
-an end-to-end ``X-Upstream-Kept``).
+an end-to-end ``X-Upstream-Kept``), ``end=newline`` / ``end=midline`` (a
+stream's last event, and then the stream, ends after one line end, without
+its blank line and ``[DONE]``, or half-way through its line).
 
 ``render_json`` (shuffled keys, random whitespace) is shared with the capture
 and splice tests.
@@ -424,7 +426,12 @@ class FakeUpstream:
                 if request.transport is not None:
                     request.transport.abort()
                 return resp
-            await resp.write(b"data: " + json.dumps(ev, ensure_ascii=False).encode() + b"\n\n")
+            line = b"data: " + json.dumps(ev, ensure_ascii=False).encode()
+            if mode.get("end") and i == len(events) - 1:
+                await resp.write(line + b"\n" if mode["end"] == "newline" else line[:-5])
+                await resp.write_eof()
+                return resp
+            await resp.write(line + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

@@ -6,7 +6,9 @@ legacy completions, streaming or not, logprobs with top alternatives). Logprobs
 are raw, as vLLM reports them by default, because that is what the monitor fits
 temperatures on.
 
-The model loads in the lifespan, not at import or construction, and generation
+The model loads in the lifespan, not at import or construction, unless the caller
+hands over a loaded engine (the command line does, so that a model that cannot
+load is a one-line error, not a traceback from uvicorn's start-up). Generation
 runs in a worker thread so /healthz and the admin routes answer during a long
 generation.
 """
@@ -57,9 +59,13 @@ def check_model_path(model_path: str) -> Path:
 
 
 def create_model_server_app(
-    model_path: str, device: str = "auto", *, served_model_name: str | None = None
+    model_path: str,
+    device: str = "auto",
+    *,
+    served_model_name: str | None = None,
+    engine: Engine | None = None,
 ) -> FastAPI:
-    """Build the app; the model itself is loaded when the app starts (lifespan)."""
+    """Build the app; the model loads when it starts, unless `engine` is already loaded."""
     path = check_model_path(model_path)
     if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
@@ -67,7 +73,10 @@ def create_model_server_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.engine = await asyncio.to_thread(load_engine, str(path), device, name)
+        if engine is None:
+            app.state.engine = await asyncio.to_thread(load_engine, str(path), device, name)
+        else:
+            app.state.engine = engine
         try:
             yield
         finally:
@@ -83,12 +92,17 @@ def create_model_server_app(
 
 
 def run_model_server(
-    model_path: str, host: str = "127.0.0.1", port: int = 8001, device: str = "auto"
+    model_path: str,
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    device: str = "auto",
+    *,
+    engine: Engine | None = None,
 ) -> None:
     """Serve until interrupted. Raises FileNotFoundError for a missing model path."""
     import uvicorn
 
-    app = create_model_server_app(model_path, device)
+    app = create_model_server_app(model_path, device, engine=engine)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

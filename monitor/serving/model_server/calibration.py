@@ -54,7 +54,7 @@ class CalibrationTable(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _task_names(cls, tasks: dict[str, TaskCalibration]) -> dict[str, TaskCalibration]:
-        bad = [name for name in tasks if not re.match(TASK_PATTERN, name)]
+        bad = [name for name in tasks if not re.fullmatch(TASK_PATTERN, name)]
         if bad:
             raise ValueError(f"invalid task name(s): {', '.join(sorted(bad))}")
         return tasks

@@ -288,12 +288,15 @@ def resolve_device(device: str) -> str:
 
 def load_engine(model_path: str, device: str, name: str) -> Engine:
     """Load any local transformers causal LM; blocking, so call it off the event loop."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_device(device)
+    # The config first: a broken config.json then says so, rather than failing
+    # in the tokenizer with a message about tokenizer backends.
+    config = AutoConfig.from_pretrained(model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     # Any: transformers' decorated signatures confuse mypy on .to().
-    model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto")
+    model: Any = AutoModelForCausalLM.from_pretrained(model_path, config=config, dtype="auto")
     model.to(resolved)
     model.eval()
     return Engine(model, tokenizer, resolved, name)
