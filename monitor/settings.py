@@ -248,11 +248,15 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {_settings_error(exc)}") from None
+        # The file the `settings:` section came from, found as Settings finds it.
+        path = overrides.get("config") or os.environ.get(f"{ENV_PREFIX}CONFIG") or None
+        where = Path(path).expanduser() if path else None
+        raise ConfigError(f"invalid settings: {_settings_error(exc, where)}") from None
 
 
-def _settings_error(exc: ValidationError) -> str:
+def _settings_error(exc: ValidationError, config: Path | None = None) -> str:
     line = describe_validation_error(exc)
     key = line.split(":", 1)[0]
     env_name = ENV_PREFIX + key.replace(".", "__").upper()
-    return f"{line} (env {env_name} or settings.{key} in the config file)"
+    where = str(config) if config else "the config file"
+    return f"{line} (env {env_name} or settings.{key} in {where})"

@@ -14,6 +14,7 @@ import pytest
 
 from monitor.db import migrate
 from monitor.db.engine import build_engine
+from tests.recorder.helpers import spool_held_elsewhere
 from tests.support.databases import postgres_url
 
 
@@ -213,3 +214,76 @@ def test_empty_upstream_url_means_not_set(
     monkeypatch.setenv("THERMOSTAT_MODEL_ADMIN_URL", " ")
     assert main(["evaluate", "--json"]) == 0
     assert capsys.readouterr().out.strip() == "[]"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False  # the worker's resolve_device then finds no CUDA either
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.parametrize("role", ["worker", "all"])
+def test_worker_device_cuda_without_cuda_is_refused_at_start(
+    env: dict[str, str], role: str
+) -> None:
+    """It used to start, then fail every job with a ValueError until it gave up."""
+    if _cuda_available():
+        pytest.skip("CUDA is available here: the device is fine")
+    env["THERMOSTAT_WORKER__DEVICE"] = "cuda"
+    result = thermostat("serve", "--role", role, "--port", str(free_port()), env=env)
+    assert_one_line_error(
+        result, "worker.device: device 'cuda' requested but CUDA is not available"
+    )
+
+
+def test_api_role_skips_the_device_check_and_never_imports_torch(env: dict[str, str]) -> None:
+    env["THERMOSTAT_WORKER__DEVICE"] = "cuda"
+    code = (
+        "import sys\n"
+        "from monitor.cli import main\n"
+        "try:\n"
+        "    main(['serve', '--role', 'api', '--host', '0.0.0.0', '--port', '1'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "refusing to bind 0.0.0.0" in result.stderr  # the next check, not the device's
+    assert "worker.device" not in result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_serve_refuses_a_spool_another_process_uses(env: dict[str, str], tmp_path: Path) -> None:
+    env.update(THERMOSTAT_ADMIN_TOKEN="a", THERMOSTAT_FEEDBACK_TOKEN="f")  # no warning line
+    spool = tmp_path / "home" / "spool"
+    with spool_held_elsewhere(spool):
+        result = thermostat("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"thermostat serve: error: another thermostat process is using the spool at "
+        f"{spool.resolve()}; give each api process its own THERMOSTAT_HOME"
+    ]
+
+
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_roles_without_a_recorder_leave_the_spool_alone(
+    env: dict[str, str], tmp_path: Path, role: str
+) -> None:
+    port = free_port()
+    with spool_held_elsewhere(tmp_path / "home" / "spool"):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "serve", "--role", role, "--port", str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert wait_ready(port, process).status_code == 200
+        finally:
+            process.terminate()
+            process.wait(timeout=20)

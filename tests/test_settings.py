@@ -107,7 +107,17 @@ def test_bad_config_is_refused_naming_file_and_key(
         load_settings(config=path)
     message = info.value.message
     assert "\n" not in message
-    assert str(path) in message or "settings" in message
+    assert str(path) in message
+
+
+def test_bad_settings_section_names_the_config_file(tmp_path: Path) -> None:
+    path = _config(tmp_path, "settings:\n  worker: {devise: cuda}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config=path)
+    assert info.value.message == (
+        "invalid settings: worker.devise: unknown key "
+        f"(env THERMOSTAT_WORKER__DEVISE or settings.worker.devise in {path})"
+    )
 
 
 def test_missing_config_file_is_one_line(tmp_path: Path) -> None:

@@ -154,12 +154,23 @@ def _torch_multiclass_objective(z: np.ndarray, y: np.ndarray, device: str) -> Ob
 
 
 def prepare_logits(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validated float64 logits (N, C), rows shifted to max 0, -inf padding finite."""
+    """Validated float64 logits (N, C), rows shifted to max 0, -inf padding finite.
+
+    -inf is a masked class (ragged choice sets are padded with it): allowed
+    while its row keeps a finite logit and the label's logit is finite. NaN
+    and +inf have no softmax (shifting by the row max makes them NaN), so
+    they are refused rather than fitted into a meaningless T.
+    """
     z = to_numpy(logits)
     if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] < 2:
         raise ValueError(f"logits must have shape (N, C) with N >= 1, C >= 2; got {z.shape}")
     if np.isnan(z).any():
-        raise ValueError("logits contain NaN")
+        raise ValueError(f"logits contain NaN (row {int(np.argwhere(np.isnan(z))[0, 0])})")
+    if np.isposinf(z).any():
+        raise ValueError(f"logits contain +inf (row {int(np.argwhere(np.isposinf(z))[0, 0])})")
+    masked = np.isneginf(z).all(axis=1)
+    if masked.any():
+        raise ValueError(f"logits row {int(np.flatnonzero(masked)[0])} has no finite value")
     y = to_numpy(labels, np.float64).reshape(-1)
     if y.shape[0] != z.shape[0]:
         raise ValueError(f"length mismatch: {z.shape[0]} logits rows but {y.shape[0]} labels")
@@ -242,6 +253,7 @@ def fit_sequence_temperature(
         )
     if not current_temperature > 0:
         raise ValueError("current_temperature must be positive")
+    batch.check_values()
     dev = resolve_device(device)
     data = prepare(batch, y, aggregator)
     nonempty = np.flatnonzero(np.diff(data.offsets) > 0)

@@ -199,6 +199,47 @@ class TokenBatch:
     ) -> TokenBatch:
         return cls.from_generations((unpack_token_logprobs(b) for b in blobs), spans)
 
+    def _unusable(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(array name, values, per-row mask of NaN or +inf) for chosen and top-K.
+
+        -inf (a missing alternative, or a chosen token of probability 0) and
+        vLLM's -9999.0 sentinels are legitimate. float16 is tested on its bit
+        pattern (numpy's float16 comparisons are ~10x slower).
+        """
+        out = []
+        for name, values in (("chosen logprobs", self.chosen), ("top-K logprobs", self.top)):
+            arr = np.asarray(values)
+            if arr.dtype == np.float16:
+                bits = arr.view(np.uint16)  # exponent all ones: inf or NaN; 0xFC00 is -inf
+                bad = ((bits & 0x7FFF) >= 0x7C00) & (bits != 0xFC00)
+            else:
+                bad = ~(arr < np.inf)  # NaN and +inf; -inf < inf
+            out.append((name, arr, bad.reshape(arr.shape[0], -1).any(axis=1)))
+        return out
+
+    def check_values(self) -> None:
+        """Refuse NaN and +inf logprobs (ValueError naming the array and generation).
+
+        NaN or +inf has no renormalised probability: a fit over it would return
+        a T that means nothing, so the fitter calls this first.
+        """
+        for name, arr, bad in self._unusable():
+            if bad.any():
+                position = int(np.flatnonzero(bad)[0])
+                value = arr.reshape(arr.shape[0], -1)[position]
+                what = "NaN" if np.isnan(value.astype(np.float32)).any() else "+inf"
+                gen = int(np.searchsorted(self.offsets, position, side="right")) - 1
+                token = position - int(self.offsets[gen])
+                raise ValueError(f"{name} contain {what} (generation {gen}, token {token})")
+
+    def usable_generations(self) -> np.ndarray:
+        """Indices of the generations with no NaN or +inf logprob (see `check_values`)."""
+        bad = np.zeros(self.n_positions, dtype=bool)
+        for _, _, rows in self._unusable():
+            bad |= rows
+        before = np.concatenate(([0], np.cumsum(bad)))  # bad positions before each offset
+        return np.flatnonzero(before[self.offsets[1:]] == before[self.offsets[:-1]])
+
     def subset(self, index: Any) -> TokenBatch:
         """The generations at ``index`` (any integer index), in that order."""
         idx = np.asarray(index, dtype=np.int64).reshape(-1)

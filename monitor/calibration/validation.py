@@ -3,8 +3,10 @@
 A fitted temperature reaches serving only if it helps on data it was not fit
 on: a seeded split holds out a fraction (20% by default), the fit sees only
 the rest, and the candidate is accepted only when held-out NLL and held-out
-ECE both improve on the current parameters. Anything else ends the job
-``rejected`` and serving keeps what it has (DESIGN.md).
+ECE both improve on the current parameters, each by more than a small
+tolerance (see `gate`): a refit that changes nothing must not be accepted or
+rejected by float noise. Anything else ends the job ``rejected`` and serving
+keeps what it has (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -66,18 +68,55 @@ def holdout_split(n: int, holdout_fraction: float = 0.2, seed: int = 0) -> tuple
     return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
 
 
+# How much a candidate must improve each held-out number to count. A refit on
+# unchanged data lands on the same T to the optimiser's tolerance (theta to
+# 1e-7), which moves held-out NLL and ECE by ~1e-10..1e-8: float noise whose
+# sign decided, seed by seed, whether an identical T was activated. Real
+# recalibrations move held-out NLL by 1e-3 or more, so one part in a million of
+# NLL (relative: NLL's scale depends on the data; the absolute floor guards an
+# NLL near 0) and 1e-6 of ECE (absolute: ECE is already a fraction in [0, 1])
+# sit far above that noise and far below any improvement worth a new version,
+# a re-score and a hot-swap.
+NLL_RTOL = 1e-6
+NLL_ATOL = 1e-9
+ECE_ATOL = 1e-6
+
+
 def gate(before: dict[str, Any], after: dict[str, Any], nll_key: str = "nll") -> tuple[bool, str]:
-    """Accept only if both held-out NLL and ECE strictly improve."""
-    nll_ok = after[nll_key] < before[nll_key]
-    ece_ok = after["ece"] < before["ece"]
+    """Accept only if held-out NLL and ECE both improve by more than their tolerance.
+
+    Each number is improved (below before - tol), unchanged (within tol) or
+    worse; anything but "both improved" rejects, and the reason names which
+    numbers got worse and which did not meaningfully change.
+    """
+    tolerances = {
+        "NLL": (nll_key, max(NLL_ATOL, NLL_RTOL * abs(before[nll_key]))),
+        "ECE": ("ece", ECE_ATOL),
+    }
+    worse, unchanged = [], []
+    for name, (key, tol) in tolerances.items():
+        delta = after[key] - before[key]
+        if delta < -tol:
+            continue  # improved
+        if abs(delta) <= tol:
+            unchanged.append(name)
+        else:  # worse, or NaN: never accepted
+            worse.append(name)
     nums = (
         f"held-out NLL {before[nll_key]:.4f} -> {after[nll_key]:.4f}, "
         f"ECE {before['ece']:.4f} -> {after['ece']:.4f}"
     )
-    if nll_ok and ece_ok:
+    if not worse and not unchanged:
         return True, f"improved: {nums}"
-    worse = " and ".join(w for w, ok in (("NLL", nll_ok), ("ECE", ece_ok)) if not ok)
-    return False, f"{worse} did not improve: {nums}"
+    parts = []
+    if worse:
+        parts.append(f"{' and '.join(worse)} did not improve")
+    if unchanged:
+        parts.append(
+            f"no meaningful change in {' and '.join(unchanged)} (did not improve by more "
+            f"than the tolerance: NLL {NLL_RTOL:g} relative, ECE {ECE_ATOL:g})"
+        )
+    return False, f"{'; '.join(parts)}: {nums}"
 
 
 def _metrics(conf: Any, labels: Any, n_bins: int) -> CalibrationMetrics:
@@ -101,6 +140,7 @@ def validate_sequence_temperature(
         raise ValueError(
             f"length mismatch: {batch.n_generations} generations but {y.shape[0]} labels"
         )
+    batch.check_values()  # here, not only in the fit: held-out rows must be clean too
     has_tokens = np.flatnonzero(batch.lengths > 0)
     train, hold = holdout_split(has_tokens.shape[0], holdout_fraction, seed)
     train, hold = has_tokens[train], has_tokens[hold]
@@ -213,6 +253,7 @@ def validate_mixed(
     started = time.perf_counter()
     z, y = prepare_logits(choice_logits, choice_labels)
     seqs, seq_labels = sequences, np.asarray(sequence_labels, dtype=np.float64)
+    seqs.check_values()
     n_mc = z.shape[0]
     train, hold = holdout_split(n_mc + seqs.n_generations, holdout_fraction, seed)
     mc_train, mc_hold = train[train < n_mc], hold[hold < n_mc]

@@ -50,6 +50,24 @@ def check_binding(settings: Settings, host: str) -> None:
     log.warning("%s not set: answering loopback clients only", " and ".join(missing))
 
 
+def check_worker_device(settings: Settings, role: str) -> None:
+    """Refuse a worker device that is not there, rather than fail every job on it.
+
+    Only an explicit device needs torch to check; 'auto' and 'cpu' always work,
+    and the api role never imports torch.
+    """
+    if role not in ("all", "worker") or settings.worker.device in ("auto", "cpu"):
+        return
+    from monitor.jobs.recalibration import resolve_device
+
+    try:
+        resolve_device(settings.worker.device)
+    except ValueError as exc:
+        raise ConfigError(
+            f"worker.device: {exc} (set THERMOSTAT_WORKER__DEVICE to auto or cpu)"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -60,13 +78,21 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     # Fail before binding, with one line, on what the app's lifespan would otherwise
     # refuse with a traceback: bad alert rules (the scheduler loads them at start;
-    # cached, so its own load reuses this one), an unreachable database, a stale schema.
+    # cached, so its own load reuses this one), an unreachable database, a stale schema,
+    # a spool folder another process is using.
     if args.role in ("all", "scheduler"):
         from monitor.alerting.rules import load_rules
 
         load_rules(settings.alert_rules)
+    check_worker_device(settings, args.role)
     check_binding(settings, args.host)
     open_runtime(settings, args.role).engine.dispose()
+    if args.role in ("all", "api"):
+        from monitor.proxy.spool import claim_spool
+
+        # Held until this process exits (the recorder's own claim shares it): a
+        # second process on this spool is refused here, in one line.
+        claim_spool(settings.spool_dir)
     log.info(
         "thermostat %s on http://%s:%d (database %s)",
         args.role,

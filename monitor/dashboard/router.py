@@ -42,6 +42,7 @@ from monitor.tasks.service import validate_task_name
 router = APIRouter(prefix="/dashboard", route_class=DashboardRoute, include_in_schema=False)
 Page = Annotated[DashboardSession, Depends(current_session)]
 PAGE_SIZE = 25
+MAX_PAGE = 1_000_000  # above it a page number is a typo (and past SQLite's integer range)
 STYLESHEET = HERE / "static" / "dashboard.css"
 
 
@@ -160,7 +161,7 @@ def alerts(
     page: Page,
     session: SessionDep,
     state: Annotated[str | None, Query()] = None,
-    p: Annotated[int, Query(ge=1)] = 1,
+    p: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
 ) -> Response:
     state = state if state in ("pending", "firing", "resolved") else None
     firing = repository.open_alerts_by_task(session)
@@ -184,7 +185,7 @@ def jobs(
     session: SessionDep,
     status: Annotated[str | None, Query()] = None,
     task: Annotated[str | None, Query()] = None,
-    p: Annotated[int, Query(ge=1)] = 1,
+    p: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
 ) -> Response:
     status = status if status in ("queued", "running", "succeeded", "rejected", "failed") else None
     task = task or None

@@ -242,10 +242,12 @@ def _scenario(console: Console, run: DemoRun) -> None:
         "the scheduler evaluating autocomplete with the fresh feedback",
         lambda: _evaluated_after(run, active["version"], covered),
     )
-    summary.ece_after = {
-        AUTOCOMPLETE.name: float(after["ece"]),
-        QUIZ.name: summary.ece_before[QUIZ.name],
-    }
+    # Quiz had no new traffic and kept T = 1: its "after" is its latest snapshot,
+    # read back like autocomplete's, not a copy of "before".
+    quiz_after = run.snapshot(QUIZ.name, 1)
+    summary.ece_after = {AUTOCOMPLETE.name: float(after["ece"])}
+    if quiz_after is not None:
+        summary.ece_after[QUIZ.name] = float(quiz_after["ece"])
     console.print(metrics_table([(AUTOCOMPLETE.name, after)], THRESHOLD))
     console.print(
         f"  ECE of the {len(served)} fresh answers as served: {summary.served_ece_after:.3f}"
@@ -314,7 +316,8 @@ def _summarise(console: Console, summary: DemoSummary) -> None:
         after = summary.ece_after.get(task.name)
         temp = f"{summary.fitted_temperature:.3f}" if task is AUTOCOMPLETE else "1.000"
         alert = "fired, resolved" if task.name in summary.firing_tasks else "none"
-        table.add_row(task.name, f"{before:.3f}", f"{after:.3f}", temp, alert)
+        shown_after = "-" if after is None else f"{after:.3f}"
+        table.add_row(task.name, f"{before:.3f}", shown_after, temp, alert)
     console.print(table)
     hooks = ", ".join(f"{k} x{v}" for k, v in summary.webhooks.items())
     validity = "all valid" if summary.signatures_valid else "NOT all valid"

@@ -121,6 +121,21 @@ def run_job(
 
     blobs, spans, labels = _majority_k(inputs.rows)
     batch = TokenBatch.from_blobs(blobs, spans)
+    usable = batch.usable_generations()
+    if usable.shape[0] < batch.n_generations:
+        # A null logprob (stored as NaN) makes one generation unusable, not the fit.
+        log.warning(
+            "task %s: %d generations with a NaN or +inf logprob left out of the fit",
+            job.task,
+            batch.n_generations - usable.shape[0],
+        )
+        batch, labels = batch.subset(usable), labels[usable]
+        if usable.shape[0] < needed:
+            reason = (
+                f"too few labelled generations with usable logprobs in the "
+                f"{inputs.config.window} window: {usable.shape[0]} < {needed} needed"
+            )
+            return _finish_without_fit(sessions, settings, job, inputs, reason, timings)
     dev = resolve_device(device or settings.worker.device)
     t1 = time.perf_counter()
     result = validate_sequence_temperature(

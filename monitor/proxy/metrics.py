@@ -23,6 +23,11 @@ UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 
 _EXTRAS_KEY = "proxy_metrics"
 
+# Every reason the recorder drops records for (`Recorder._drop`). Each child is
+# made at start so /metrics shows it at 0: a rate alert then tells "no drops"
+# from "no data".
+DROP_REASONS = ("queue_full", "spool_full", "spool_error", "invalid", "rejected")
+
 
 class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -62,6 +67,8 @@ class ProxyMetrics:
             ["reason"],
             registry=registry,
         )
+        for reason in DROP_REASONS:
+            self.dropped_total.labels(reason=reason)
         self.written_total = Counter(
             "thermostat_recorder_written_total",
             "Rows committed to the database by the recorder's writer.",

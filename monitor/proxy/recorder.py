@@ -15,6 +15,12 @@ database answers again; while anything is spooled, new batches queue up behind
 it in the spool so rows reach the database in order. Rows the database refuses
 for their content (not its availability) are retried one by one and only the
 bad ones are dropped, so one bad row never poisons a batch or the spool.
+
+The recorder claims its spool folder (`claim_spool`) before it reads it and
+lets go when it stops, so a second process on the same folder is refused
+instead of deleting this one's rows. `thermostat serve` claims it once more
+before binding, for the life of the process, so the refusal is one line and a
+record spooled by a request finishing after `stop()` is still covered.
 """
 
 from __future__ import annotations
@@ -37,7 +43,15 @@ from monitor.errors import first_line
 from monitor.proxy.metrics import ProxyMetrics, proxy_metrics
 from monitor.proxy.records import FeedbackRecord, GenerationRecord
 from monitor.proxy.row_writer import RowWriter, is_unavailable, pack
-from monitor.proxy.spool import FEEDBACK, GENERATION, Entry, Spool, SpooledFeedback
+from monitor.proxy.spool import (
+    FEEDBACK,
+    GENERATION,
+    Entry,
+    Spool,
+    SpoolClaim,
+    SpooledFeedback,
+    claim_spool,
+)
 from monitor.proxy.writer_process import BatchOutcome, WriterProcess, database_url
 from monitor.runtime import Runtime
 from monitor.settings import RecorderSettings
@@ -66,7 +80,12 @@ class Recorder:
         self.sessions = sessions
         self.metrics = metrics
         self._process: WriterProcess | None = None
-        self.spool = Spool(spool_dir, settings.spool_max_bytes)
+        self._claim: SpoolClaim = claim_spool(spool_dir)
+        try:
+            self.spool = Spool(spool_dir, settings.spool_max_bytes)
+        except BaseException:
+            self._claim.release()
+            raise
         self._queue: queue.Queue[GenerationRecord] = queue.Queue(maxsize=settings.queue_size)
         # Keyed by the id's int: a UUID is a GC-tracked object, an int is not, and
         # up to 50,000 tracked keys here made every full collection of the api
@@ -197,6 +216,7 @@ class Recorder:
         for _ in leftovers:
             self._queue.task_done()
         self.spool.close()
+        self._claim.release()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until every submitted record has been written or spooled (for tests)."""

@@ -13,14 +13,23 @@ Segments (`segment-<seq>.spool`) are rotated when replay starts, so the files
 being replayed are immutable while new rows keep arriving in a new one; a
 segment is deleted only after its rows are committed. Replay inserts with
 ON CONFLICT DO NOTHING, so a crash between commit and delete replays harmlessly.
+
+One process at a time: the sequence numbers are read once at start and replay
+deletes whole segments, so two processes on one folder would overwrite and
+delete each other's rows. `claim_spool` takes an exclusive `flock` on the
+folder's `.lock` for as long as this process runs a recorder (the OS drops it
+when the process dies); another process waits a while (a restart overlapping
+its predecessor's shutdown) and is then refused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -29,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from monitor.errors import ThermostatError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +50,85 @@ GENERATION = "generation"
 FEEDBACK = "feedback"
 
 Entry = tuple[str, dict[str, Any]]
+
+LOCK_NAME = ".lock"
+CLAIM_WAIT_S = 10.0
+_CLAIM_POLL_S = 0.1
+
+
+class SpoolInUse(ThermostatError):
+    """Another live process holds the spool folder."""
+
+    code = "spool_in_use"
+
+
+@dataclass(slots=True)
+class _Held:
+    fd: int
+    claims: int
+
+
+# This process's locks, by resolved folder: flock conflicts between two open
+# files even within one process, so a second claim here (the serve pre-check,
+# then the recorder; or several apps in one test process) shares the first.
+_held: dict[Path, _Held] = {}
+_held_lock = threading.Lock()
+
+
+class SpoolClaim:
+    """One claim on a spool folder; the lock goes when this process's last claim does."""
+
+    def __init__(self, key: Path) -> None:
+        self.directory = key
+        self._released = False
+
+    def release(self) -> None:
+        with _held_lock:
+            if self._released:
+                return
+            self._released = True
+            held = _held[self.directory]
+            held.claims -= 1
+            if held.claims == 0:
+                del _held[self.directory]
+                fcntl.flock(held.fd, fcntl.LOCK_UN)
+                os.close(held.fd)
+
+
+def claim_spool(directory: Path, wait_s: float | None = None) -> SpoolClaim:
+    """Lock `directory` for this process, waiting up to `wait_s` (`CLAIM_WAIT_S`) for another.
+
+    Raises `SpoolInUse` (one line, what to do) if another process still holds it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory.resolve()
+    with _held_lock:
+        held = _held.get(key)
+        if held is not None:
+            held.claims += 1
+        else:
+            _held[key] = _Held(_lock(key, CLAIM_WAIT_S if wait_s is None else wait_s), 1)
+    return SpoolClaim(key)
+
+
+def _lock(directory: Path, wait_s: float) -> int:
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SpoolInUse(
+                        f"another thermostat process is using the spool at {directory}; "
+                        "give each api process its own THERMOSTAT_HOME"
+                    ) from None
+                time.sleep(_CLAIM_POLL_S)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +141,11 @@ class SpooledFeedback:
 
 
 class Spool:
-    """Thread-safe: the writer thread and request threads append concurrently."""
+    """Thread-safe: the writer thread and request threads append concurrently.
+
+    Not process-safe by itself: whoever reads or writes a folder holds
+    `claim_spool` on it first (the recorder does).
+    """
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory

@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 
 import numpy as np
+import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -36,6 +37,8 @@ def test_empty_state_explains_how_to_send_traffic(client: TestClient) -> None:
     assert "No traffic yet" in html
     assert 'base_url="http://testserver/v1"' in html
     assert "X-Thermostat-Task" in html and "/v1/feedback" in html
+    # Double quotes, so a shell pasting the example expands the variable.
+    assert '"Authorization: Bearer $THERMOSTAT_FEEDBACK_TOKEN"' in html
 
 
 def test_task_page_shows_charts_versions_jobs_and_signals(client: TestClient, seeded: None) -> None:
@@ -200,3 +203,12 @@ def test_alerts_and_jobs_pages_filter_and_paginate(client: TestClient, seeded: N
     jobs = client.get("/dashboard/jobs?status=rejected").text
     assert "1 job<" in jobs and "held-out ECE got worse" in jobs
     assert "4 jobs" not in jobs
+
+
+@pytest.mark.parametrize("path", ["/dashboard/alerts", "/dashboard/jobs"])
+def test_a_page_number_past_any_page_is_refused_not_a_500(client: TestClient, path: str) -> None:
+    """SQLite cannot bind an integer past 2**63: the bound answers 422 on both backends."""
+    sign_in(client)
+    for page in ("99999999999999999999", str(2**62)):
+        assert client.get(path, params={"p": page}).status_code == 422
+    assert client.get(path, params={"p": "1000000"}).status_code == 200

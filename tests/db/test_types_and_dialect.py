@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -200,3 +200,17 @@ def test_leader_lock_admits_one_leader(engine: Engine, tmp_path: object) -> None
     finally:
         first.release()
         second.release()
+
+
+def test_every_connection_gets_the_engines_settings(engine: Engine, backend: str) -> None:
+    """SQLite: WAL, foreign keys, the busy timeout, and commits that reach the disk
+    (synchronous FULL); Postgres: the statement timeout and application name."""
+    with engine.connect() as conn:
+        if backend == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        else:
+            assert conn.execute(text("SHOW statement_timeout")).scalar() == "1min"
+            assert conn.execute(text("SHOW application_name")).scalar() == "thermostat"

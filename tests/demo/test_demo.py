@@ -32,6 +32,7 @@ def test_demo_closes_the_loop(tmp_path: Path, tiny_model_path: Path) -> None:
     assert after["autocomplete"] < 0.10, summary
     assert summary["served_ece_after"] < 0.10, summary
     assert before["quiz"] < 0.15 and summary["firing_tasks"] == ["autocomplete"], summary
+    assert after["quiz"] < 0.15, summary  # read back from quiz's own latest snapshot
     assert abs(summary["fitted_temperature"] - 4.0) / 4.0 < 0.35, summary  # true T is 4
     assert summary["webhooks"]["alert.firing"] == 1 and summary["webhooks"]["alert.resolved"] == 1
     assert summary["signatures_valid"] is True

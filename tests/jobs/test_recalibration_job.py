@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import numpy as np
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.calibration.fitting import fit_sequence_temperature
-from monitor.calibration.packing import TokenBatch
+from monitor.calibration.packing import TokenBatch, pack_token_logprobs, unpack_token_logprobs
 from monitor.calibration.validation import holdout_split
 from monitor.calibrations import repository
-from monitor.db.models import RecalibrationJob, Task
+from monitor.db.models import Alert, Generation, RecalibrationJob, Task
 from monitor.db.models.enums import JobStatus, JobTrigger
 from monitor.db.session import session_scope
 from monitor.db.types import utcnow
+from monitor.evaluation.service import evaluate_all
 from monitor.jobs.claim import ClaimedJob, claim_job
 from monitor.jobs.queue import enqueue_recalibration
 from monitor.jobs.recalibration import run_job
 from monitor.settings import Settings
+from tests.alerting.support import add_generations, overconfident
 from tests.jobs.support import (
     TASK,
     TRUE_T,
@@ -124,6 +128,57 @@ def test_fit_that_cannot_improve_held_out_metrics_is_rejected(
         assert task.recalibrate_not_before > utcnow() + timedelta(seconds=cooldown - 60)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_refit_on_unchanged_data_is_rejected_as_no_meaningful_change(
+    sessions: sessionmaker[Session], make_settings: Callable[..., Settings], seed: int
+) -> None:
+    """Two identical jobs back to back: the second lands on the same T to ~1e-8.
+
+    Its held-out NLL and ECE differ from the active version's by float noise
+    (~1e-10), whose sign used to decide, seed by seed, whether an identical T
+    was activated (retiring the first, re-scoring, `calibration.activated`).
+    """
+    seed_generations(sessions, 1500, seed=seed)
+    settings = make_settings()
+    first = run_job(sessions, settings, enqueue_and_claim(sessions), device="cpu")
+    assert first.status == JobStatus.succeeded, first.reason
+    subscribe_all(sessions)
+
+    second = run_job(sessions, settings, enqueue_and_claim(sessions), device="cpu")
+
+    assert second.status == JobStatus.rejected, second.reason
+    assert second.temperature == pytest.approx(first.temperature, rel=1e-6)
+    assert "no meaningful change in NLL and ECE" in second.reason
+    assert active_versions(sessions) == [1]  # serving unchanged
+    assert [c.status for c in calibrations(sessions)] == ["active", "rejected"]
+    assert events(sessions) == ["recalibration.rejected"]
+
+
+def test_generations_with_a_nan_logprob_are_left_out_of_the_fit_not_fail_it(
+    sessions: sessionmaker[Session],
+    make_settings: Callable[..., Settings],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A null logprob is stored as NaN; the generation holding it cannot be fitted."""
+    ids = seed_generations(sessions, 1500)
+    with session_scope(sessions) as session:
+        for generation_id in ids[::50]:
+            row = session.get(Generation, generation_id)
+            assert row is not None and row.logprobs is not None
+            chosen, top, rank = unpack_token_logprobs(row.logprobs)
+            chosen = chosen.copy()
+            chosen[1] = np.nan
+            row.logprobs = pack_token_logprobs(chosen, top, rank)
+    claimed = enqueue_and_claim(sessions)
+
+    outcome = run_job(sessions, make_settings(), claimed, device="cpu")
+
+    assert outcome.status == JobStatus.succeeded, outcome.reason
+    (calibration,) = calibrations(sessions)
+    assert calibration.n_train + calibration.n_holdout == 1500 - 30
+    assert "30 generations with a NaN or +inf logprob left out" in caplog.text
+
+
 def test_too_few_labelled_samples_is_rejected_with_a_reason(
     sessions: sessionmaker[Session], make_settings: Callable[..., Settings]
 ) -> None:
@@ -140,6 +195,32 @@ def test_too_few_labelled_samples_is_rejected_with_a_reason(
     job = job_row(sessions, claimed.id)
     assert job.status == "rejected" and job.error == outcome.reason
     assert events(sessions) == ["recalibration.rejected"]
+
+
+def test_cooldown_after_a_rejection_holds_back_the_threshold_trigger(
+    sessions: sessionmaker[Session], make_settings: Callable[..., Settings]
+) -> None:
+    """An ECE alert firing during the cooldown opens no job; once it expires, one."""
+    settings = make_settings()
+    seed_generations(sessions, 40)
+    rejected = run_job(sessions, settings, enqueue_and_claim(sessions), device="cpu")
+    assert rejected.status == JobStatus.rejected
+    now = utcnow()
+    with session_scope(sessions) as session:
+        add_generations(session, TASK, *overconfident(400), now=now)
+
+    def threshold_jobs(at: datetime) -> int:
+        with session_scope(sessions) as session:
+            evaluate_all(session, settings, now=at)
+            stmt = select(RecalibrationJob).where(RecalibrationJob.trigger == "threshold")
+            return len(list(session.scalars(stmt)))
+
+    assert [threshold_jobs(now + timedelta(minutes=m)) for m in (1, 2, 3)] == [0, 0, 0]
+    with session_scope(sessions) as session:
+        alert = session.scalars(select(Alert).where(Alert.rule == "ece_above_threshold")).one()
+        assert alert.state == "firing"  # it fired (2nd evaluation) inside the cooldown
+    after = now + timedelta(seconds=settings.scheduler.recalibration_cooldown_s, minutes=1)
+    assert threshold_jobs(after) == 1
 
 
 def test_generations_outside_the_window_are_not_used(

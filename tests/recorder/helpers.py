@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import create_engine
@@ -60,3 +64,34 @@ def recorder_of(client: TestClient) -> Recorder:
     recorder = get_recorder(client.app.state.runtime)  # type: ignore[attr-defined]
     assert recorder is not None
     return recorder
+
+
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_spool_lock(spool_dir: Path, seconds: float = 60.0) -> subprocess.Popen[str]:
+    """Another process holding `spool_dir`'s lock, as a running api process would."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(spool_dir / ".lock"), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "held\n"
+    return process
+
+
+@contextmanager
+def spool_held_elsewhere(spool_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    process = hold_spool_lock(spool_dir)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=10)

@@ -220,3 +220,4 @@ def test_database_down_spools_then_replays_once_in_order(
     assert _count(sessions) == 30
     assert _count(sessions, Feedback) == 1
     assert not list((tmp_path / "spool").glob("segment-*.spool"))
+    asyncio.run(replayer.stop())  # and lets go of the spool

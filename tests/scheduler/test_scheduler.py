@@ -13,7 +13,14 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from monitor.db.models import Alert, Generation, MetricSnapshot, RecalibrationJob, Webhook
+from monitor.db.models import (
+    Alert,
+    Feedback,
+    Generation,
+    MetricSnapshot,
+    RecalibrationJob,
+    Webhook,
+)
 from monitor.db.session import session_scope
 from monitor.db.types import utcnow
 from monitor.errors import ConfigError
@@ -152,5 +159,35 @@ def test_bad_rules_file_refused_at_start(
     try:
         with pytest.raises(ConfigError, match=r"rules.yaml: rule 'x': metric: unknown metric"):
             asyncio.run(create_scheduler(rt).start())
+    finally:
+        rt.engine.dispose()
+
+
+def test_retention_purges_the_feedback_of_purged_generations(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    config = tmp_path / "thermostat.yaml"
+    config.write_text(yaml.safe_dump({"defaults": {"retention": "2d"}}))
+    rt = open_runtime(make_settings(config=config), "scheduler")
+    now = utcnow()
+    try:
+        with session_scope(rt.sessions) as session:
+            add_generations(session, "qa", [0.5] * 12, None, now=now - timedelta(days=3))
+            add_generations(session, "qa", [0.5] * 4, None, now=now)
+            session.flush()
+            rows = session.execute(select(Generation.id, Generation.created_at)).all()
+            old = {g for g, at in rows if at < now - timedelta(days=2)}
+            kept = {g for g, _ in rows} - old
+            for gen in old | kept:  # two sources each, with a comment
+                for source in ("user", "grader"):
+                    session.add(
+                        Feedback(generation_id=gen, label=1.0, source=source, comment="private")
+                    )
+        assert len(old) == 12 and len(kept) == 4
+        assert purge_retention(rt, now=now, batch=5) == {"qa": 12}
+        with session_scope(rt.sessions) as session:
+            left = list(session.scalars(select(Feedback.generation_id)))
+        assert not old & set(left)
+        assert sorted(left) == sorted(list(kept) * 2)
     finally:
         rt.engine.dispose()
