@@ -15,6 +15,7 @@ import pytest
 from monitor.db import migrate
 from monitor.db.engine import build_engine
 from tests.recorder.helpers import spool_held_elsewhere
+from tests.support.cli import assert_one_line_error
 from tests.support.databases import postgres_url
 
 
@@ -138,14 +139,6 @@ def test_every_command_has_help(env: dict[str, str]) -> None:
         assert result.returncode == 0 and "usage: thermostat" in result.stdout
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("thermostat serve: error: ") and expected in lines[0]
-
-
 @pytest.mark.parametrize(
     ("name", "url", "expected"),
     [
@@ -160,14 +153,14 @@ def test_bad_upstream_url_is_one_line(
 ) -> None:
     env[f"THERMOSTAT_{name}"] = url
     result = thermostat("serve", "--port", str(free_port()), env=env)
-    assert_one_line_error(result, f"invalid settings: {expected}")
+    assert_one_line_error(result, "serve", f"invalid settings: {expected}")
 
 
 @pytest.mark.parametrize("role", ["all", "scheduler"])
 def test_missing_alert_rules_are_one_line(env: dict[str, str], role: str) -> None:
     env["THERMOSTAT_ALERT_RULES"] = "/nonexistent"
     result = thermostat("serve", "--role", role, "--port", str(free_port()), env=env)
-    assert_one_line_error(result, "alert rules /nonexistent does not exist")
+    assert_one_line_error(result, "serve", "alert rules /nonexistent does not exist")
 
 
 def test_unreadable_alert_rules_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
@@ -175,13 +168,13 @@ def test_unreadable_alert_rules_are_one_line(env: dict[str, str], tmp_path: Path
     rules.write_text("rules: [\n")
     env["THERMOSTAT_ALERT_RULES"] = str(rules)
     result = thermostat("serve", "--port", str(free_port()), env=env)
-    assert_one_line_error(result, f"alert rules file {rules} cannot be read")
+    assert_one_line_error(result, "serve", f"alert rules file {rules} cannot be read")
 
 
 def test_unknown_log_level_is_one_line(env: dict[str, str]) -> None:
     env["THERMOSTAT_LOG_LEVEL"] = "bogus"
     result = thermostat("serve", "--port", str(free_port()), env=env)
-    assert_one_line_error(result, "invalid settings: log_level: ")
+    assert_one_line_error(result, "serve", "invalid settings: log_level: ")
 
 
 @pytest.mark.parametrize("port", ["70000", "65536", "-1", "eighty"])
@@ -234,7 +227,7 @@ def test_worker_device_cuda_without_cuda_is_refused_at_start(
     env["THERMOSTAT_WORKER__DEVICE"] = "cuda"
     result = thermostat("serve", "--role", role, "--port", str(free_port()), env=env)
     assert_one_line_error(
-        result, "worker.device: device 'cuda' requested but CUDA is not available"
+        result, "serve", "worker.device: device 'cuda' requested but CUDA is not available"
     )
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import assert_one_line_error
+
 torch = pytest.importorskip("torch")
 
 
@@ -36,14 +38,6 @@ def model_server(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]
     )
 
 
-def assert_one_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("thermostat model-server: error: ") and expected in lines[0]
-
-
 @pytest.mark.parametrize(
     ("config", "expected"),
     [("{}", "model_type"), ("{not json", "cannot load the model")],
@@ -53,14 +47,14 @@ def test_broken_model_folder_is_one_line(tmp_path: Path, config: str, expected: 
     folder.mkdir()
     (folder / "config.json").write_text(config)
     result = model_server("--model", str(folder), "--device", "cpu", tmp_path=tmp_path)
-    assert_one_line(result, expected)
+    assert_one_line_error(result, "model-server", expected)
     assert str(folder) in result.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
     result = model_server("--model", str(tiny_model_dir), "--device", "cuda", tmp_path=tmp_path)
-    assert_one_line(result, "CUDA is not available")
+    assert_one_line_error(result, "model-server", "CUDA is not available")
 
 
 @pytest.mark.parametrize("port", ["70000", "-1", "http"])
