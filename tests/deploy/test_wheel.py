@@ -103,14 +103,19 @@ def test_sdist_and_wheel_carry_alerts_and_migrations(tmp_path: Path) -> None:
         "import monitor, monitor.db.migrate as m, monitor.alerting.rules as r; "
         "print(monitor.__file__, m.migrations_dir(), r.default_rules_path(), len(r.load_rules()))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def python(*args: str) -> subprocess.CompletedProcess[str]:
+        """This interpreter, from outside the checkout, with only the unpacked wheel."""
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    result = python("-c", probe)
     assert result.returncode == 0, result.stderr
     package, found_migrations, found_rules, count = result.stdout.split()
     assert Path(package) == site / "monitor" / "__init__.py"
@@ -118,13 +123,6 @@ def test_sdist_and_wheel_carry_alerts_and_migrations(tmp_path: Path) -> None:
     assert Path(found_rules) == site / "monitor" / "_alerts"
     assert int(count) > 0
 
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "monitor", "db", "upgrade"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    upgrade = python("-m", "monitor", "db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
     assert "(head" in upgrade.stdout
