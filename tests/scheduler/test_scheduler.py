@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -105,24 +105,28 @@ def test_cron_jobs_enqueue_with_trigger_cron(
         rt.engine.dispose()
 
 
-def test_retention_purges_old_generations_in_batches(
-    make_settings: Callable[..., Settings], tmp_path: Path
-) -> None:
+@pytest.fixture
+def two_day_retention(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Runtime]:
+    """A scheduler runtime whose tasks keep generations for two days."""
     config = tmp_path / "thermostat.yaml"
     config.write_text(yaml.safe_dump({"defaults": {"retention": "2d"}}))
     rt = open_runtime(make_settings(config=config), "scheduler")
-    now = utcnow()
     try:
-        with session_scope(rt.sessions) as session:
-            add_generations(session, "qa", [0.5] * 25, None, now=now - timedelta(days=3))
-            add_generations(session, "qa", [0.5] * 10, None, now=now)
-        assert purge_retention(rt, now=now, batch=7) == {"qa": 25}
-        with session_scope(rt.sessions) as session:
-            oldest = session.scalar(select(func.min(Generation.created_at)))
-            assert oldest is not None and oldest > now - timedelta(days=2)
-        assert count(rt, Generation) == 10
+        yield rt
     finally:
         rt.engine.dispose()
+
+
+def test_retention_purges_old_generations_in_batches(two_day_retention: Runtime) -> None:
+    rt, now = two_day_retention, utcnow()
+    with session_scope(rt.sessions) as session:
+        add_generations(session, "qa", [0.5] * 25, None, now=now - timedelta(days=3))
+        add_generations(session, "qa", [0.5] * 10, None, now=now)
+    assert purge_retention(rt, now=now, batch=7) == {"qa": 25}
+    with session_scope(rt.sessions) as session:
+        oldest = session.scalar(select(func.min(Generation.created_at)))
+        assert oldest is not None and oldest > now - timedelta(days=2)
+    assert count(rt, Generation) == 10
 
 
 def test_service_runs_jobs_on_its_own_and_syncs_config_webhooks(
@@ -163,31 +167,23 @@ def test_bad_rules_file_refused_at_start(
         rt.engine.dispose()
 
 
-def test_retention_purges_the_feedback_of_purged_generations(
-    make_settings: Callable[..., Settings], tmp_path: Path
-) -> None:
-    config = tmp_path / "thermostat.yaml"
-    config.write_text(yaml.safe_dump({"defaults": {"retention": "2d"}}))
-    rt = open_runtime(make_settings(config=config), "scheduler")
-    now = utcnow()
-    try:
-        with session_scope(rt.sessions) as session:
-            add_generations(session, "qa", [0.5] * 12, None, now=now - timedelta(days=3))
-            add_generations(session, "qa", [0.5] * 4, None, now=now)
-            session.flush()
-            rows = session.execute(select(Generation.id, Generation.created_at)).all()
-            old = {g for g, at in rows if at < now - timedelta(days=2)}
-            kept = {g for g, _ in rows} - old
-            for gen in old | kept:  # two sources each, with a comment
-                for source in ("user", "grader"):
-                    session.add(
-                        Feedback(generation_id=gen, label=1.0, source=source, comment="private")
-                    )
-        assert len(old) == 12 and len(kept) == 4
-        assert purge_retention(rt, now=now, batch=5) == {"qa": 12}
-        with session_scope(rt.sessions) as session:
-            left = list(session.scalars(select(Feedback.generation_id)))
-        assert not old & set(left)
-        assert sorted(left) == sorted(list(kept) * 2)
-    finally:
-        rt.engine.dispose()
+def test_retention_purges_the_feedback_of_purged_generations(two_day_retention: Runtime) -> None:
+    rt, now = two_day_retention, utcnow()
+    with session_scope(rt.sessions) as session:
+        add_generations(session, "qa", [0.5] * 12, None, now=now - timedelta(days=3))
+        add_generations(session, "qa", [0.5] * 4, None, now=now)
+        session.flush()
+        rows = session.execute(select(Generation.id, Generation.created_at)).all()
+        old = {g for g, at in rows if at < now - timedelta(days=2)}
+        kept = {g for g, _ in rows} - old
+        for gen in old | kept:  # two sources each, with a comment
+            for source in ("user", "grader"):
+                session.add(
+                    Feedback(generation_id=gen, label=1.0, source=source, comment="private")
+                )
+    assert len(old) == 12 and len(kept) == 4
+    assert purge_retention(rt, now=now, batch=5) == {"qa": 12}
+    with session_scope(rt.sessions) as session:
+        left = list(session.scalars(select(Feedback.generation_id)))
+    assert not old & set(left)
+    assert sorted(left) == sorted(list(kept) * 2)
