@@ -39,7 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import responses
 
 from monitor.proxy import capture as cap
+from monitor.proxy import capture_split
 from monitor.proxy.capture import capture_response
+from monitor.proxy.captured import Endpoint
 from monitor.proxy.splice import append_thermostat, strip_logprobs, trim_top_logprobs
 from monitor.proxy.stream_capture import StreamCapture
 
@@ -49,7 +51,7 @@ def best_us(fn: Callable[[], object], number: int) -> float:
     return min(timeit.repeat(fn, number=number, repeat=7)) / number * 1e6
 
 
-def report(endpoint: cap.Endpoint, body: bytes, k: int, thermo: bytes, n: int) -> None:
+def report(endpoint: Endpoint, body: bytes, k: int, thermo: bytes, n: int) -> None:
     c = capture_response(body, endpoint, k)
     stripped = strip_logprobs(body, c)
     rows = {
@@ -58,7 +60,9 @@ def report(endpoint: cap.Endpoint, body: bytes, k: int, thermo: bytes, n: int) -
             lambda: msgspec.json.decode(body, type=msgspec.Raw), n
         ),
         "capture_response": best_us(lambda: capture_response(body, endpoint, k), n),
-        "  split_body (decode + spans)": best_us(lambda: cap.split_body(body, endpoint), n),
+        "  split_body (decode + spans)": best_us(
+            lambda: capture_split.split_body(body, endpoint), n
+        ),
         "strip_logprobs": best_us(lambda: strip_logprobs(body, c), n),
         "append_thermostat (stripped)": best_us(lambda: append_thermostat(stripped, thermo), n),
         "append_thermostat (full body)": best_us(lambda: append_thermostat(body, thermo), n),
@@ -92,7 +96,7 @@ def load_scanner(path: str) -> object:
 
 
 def compare_scanners(baseline: object, body: bytes, k: int, rounds: int = 15) -> None:
-    start = cap._logprobs_start(body)
+    start = capture_split._logprobs_start(body)
     builds: dict[str, Any] = {"this build": cap.native_scanner(), "baseline": baseline}
     times: dict[str, list[float]] = {name: [] for name in builds}
     for _ in range(rounds):

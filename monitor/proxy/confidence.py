@@ -13,7 +13,8 @@ import numpy as np
 
 from monitor.calibration.aggregation import answer_span_positions, token_logprobs
 from monitor.config import ConfidenceMethod, TaskConfig
-from monitor.proxy.capture import Captured, native_scanner
+from monitor.proxy.capture import native_scanner
+from monitor.proxy.captured import Captured
 
 # The C loop's codes for the three aggregates `confidence` takes of log p_T:
 # the mean of p, the minimum, and the geometric mean (also what `last_token`

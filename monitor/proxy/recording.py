@@ -13,20 +13,20 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from monitor.config import StoreText
-from monitor.proxy.capture import Captured
+from monitor.proxy.captured import Captured
 from monitor.proxy.records import GenerationRecord, repetition_rate, sha256_text
 
 if TYPE_CHECKING:
-    from monitor.proxy.handler import _Exchange
+    from monitor.proxy.exchange import Exchange
 
 
-def _prompt(exchange: _Exchange) -> Any:
+def _prompt(exchange: Exchange) -> Any:
     body = exchange.rewritten.body
     return body.get("messages") if exchange.endpoint == "chat" else body.get("prompt")
 
 
 def build_record(
-    exchange: _Exchange,
+    exchange: Exchange,
     captured: Captured,
     thermostat: dict[str, Any],
     span: tuple[int, int] | None,

@@ -57,7 +57,7 @@ class GenerationRecord:
     overhead_ms: float | None = None
     sampling: dict[str, Any] | None = None
     top_k: int | None = None
-    # Raw arrays (capture.py layout); packed by the writer, never on the request path.
+    # Raw arrays (laid out as `captured.py` says); packed by the writer, not on the request path.
     chosen: npt.NDArray[np.float32] | None = None
     top: npt.NDArray[np.float32] | None = None
     chosen_rank: npt.NDArray[np.int8] | None = None

@@ -12,7 +12,8 @@ from typing import Any
 
 from starlette.routing import Route
 
-from monitor.proxy.handler import ProxyHandler, Receive, Scope, Send
+from monitor.proxy.asgi import Receive, Scope, Send
+from monitor.proxy.handler import ProxyHandler
 from monitor.proxy.rewrite import Endpoint
 from monitor.proxy.upstream import build_client
 

@@ -5,7 +5,7 @@ so before forwarding it must give the body back the client's shape: no logprobs
 (``"logprobs": null``, what OpenAI sends when they were not requested), or the
 top-k alternatives trimmed to the client's k. A full ``loads``/``dumps`` round
 trip of a 100 KB body costs about a millisecond; replacing one byte span costs a
-memcpy. The spans come from ``capture.py`` (``Captured.logprobs_spans`` for a
+memcpy. The spans come from ``capture_split.py`` (``Captured.logprobs_spans`` for a
 body, ``ChunkInfo.logprobs_spans`` for one SSE chunk payload) and are only valid
 for the exact bytes they were computed on.
 
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from monitor.proxy.capture import Endpoint, Span
+from monitor.proxy.captured import Endpoint, Span
 
 _NULL = b"null"
 _WS = b" \t\r\n"

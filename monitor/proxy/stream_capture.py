@@ -23,26 +23,17 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from monitor.proxy.capture import (
+from monitor.proxy.capture import native_arrays, native_k, native_scanner
+from monitor.proxy.capture_arrays import fit, logprob_arrays
+from monitor.proxy.capture_split import _choice0, envelope_spans
+from monitor.proxy.capture_structs import (
     _DECODE_ERRORS,
     _LOGPROBS_DECODERS,
-    F32,
-    I8,
-    Captured,
-    CaptureError,
     ChatLogprobs,
     CompletionLogprobs,
-    Endpoint,
-    Span,
     _ChatToken,
-    _choice0,
-    envelope_spans,
-    fit,
-    logprob_arrays,
-    native_arrays,
-    native_k,
-    native_scanner,
 )
+from monitor.proxy.captured import F32, I8, Captured, CaptureError, Endpoint, Span
 
 _MANY: dict[
     str,

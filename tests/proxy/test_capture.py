@@ -12,7 +12,9 @@ import orjson
 import pytest
 
 from monitor.proxy import capture as cap
-from monitor.proxy.capture import CaptureError, capture_response
+from monitor.proxy import capture_split, capture_structs
+from monitor.proxy.capture import capture_response
+from monitor.proxy.captured import Captured, CaptureError
 from monitor.proxy.stream_capture import StreamCapture
 from tests.proxy.bodies import chat_body
 from tests.support.fake_upstream import random_response, render_json
@@ -70,7 +72,7 @@ def reference(obj: dict, endpoint: str, k: int) -> dict[str, Any]:
     return out
 
 
-def assert_matches(got: cap.Captured, obj: dict, endpoint: str, k: int) -> None:
+def assert_matches(got: Captured, obj: dict, endpoint: str, k: int) -> None:
     ref = reference(obj, endpoint, k)
     assert got.text == ref["text"]
     assert got.finish_reason == ref["finish"]
@@ -106,7 +108,10 @@ def test_random_bodies_match_reference(endpoint: str) -> None:
                 assert (
                     span is not None and orjson.loads(body[span[0] : span[1]]) == choice["logprobs"]
                 )
-        fast += cap._fast_split(body, cap._LOGPROBS_DECODERS[endpoint]) is not None
+        fast += (
+            capture_split._fast_split(body, capture_structs._LOGPROBS_DECODERS[endpoint])
+            is not None
+        )
     assert fast > 50  # the one-scan path is really exercised, not only the fallback
 
 
@@ -115,11 +120,11 @@ def test_fast_path_agrees_with_two_pass_fallback() -> None:
     for _ in range(200):
         obj = random_response(rng, "chat", 5)
         body = render_json(obj, rng)
-        fast = cap._fast_split(body, cap._LOGPROBS_DECODERS["chat"])
+        fast = capture_split._fast_split(body, capture_structs._LOGPROBS_DECODERS["chat"])
         if fast is None:
             continue
-        env = cap._ENVELOPE.decode(body)
-        assert fast[2] == cap._spans(body, env)
+        env = capture_structs._ENVELOPE.decode(body)
+        assert fast[2] == capture_split._spans(body, env)
 
 
 def test_k_inferred_and_sampled_token_outside_top_k() -> None:
@@ -154,14 +159,14 @@ def test_alternative_strings_are_decoded_only_where_numbers_do_not_settle_the_ra
     monkeypatch: pytest.MonkeyPatch, scan_path: str
 ) -> None:
     decodes: list[int] = []
-    full = cap._LOGPROBS_DECODERS["chat"]
+    full = capture_structs._LOGPROBS_DECODERS["chat"]
 
     class Counting:
         def decode(self, raw: Any) -> Any:
             decodes.append(len(raw))
             return full.decode(raw)
 
-    monkeypatch.setitem(cap._LOGPROBS_DECODERS, "chat", Counting())
+    monkeypatch.setitem(capture_structs._LOGPROBS_DECODERS, "chat", Counting())
 
     # Each chosen logprob equals exactly one alternative above the row's lowest: settled.
     settled = capture_response(chat_body([("a", -0.1, [("a", -0.1), ("b", -2.0)])] * 3), "chat", 2)
@@ -364,6 +369,6 @@ def test_stream_chunk_with_an_invalid_utf8_token_is_counted_and_skipped() -> Non
 def test_raw_spans_are_views_not_copies() -> None:
     # The span machinery depends on msgspec.Raw referencing the input buffer.
     body = b'{"choices":[{"logprobs":{"content":[]}}]}'
-    env = cap._ENVELOPE.decode(body)
-    assert cap._spans(body, env) == [(24, 38)]
+    env = capture_structs._ENVELOPE.decode(body)
+    assert capture_split._spans(body, env) == [(24, 38)]
     assert isinstance(env.choices[0].logprobs, msgspec.Raw)

@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.proxy import capture as cap
-from monitor.proxy.capture import Captured
+from monitor.proxy import capture_arrays, capture_split, capture_structs
+from monitor.proxy.captured import Captured, CaptureError, Endpoint
 from monitor.proxy.stream_capture import StreamCapture
 from tests.support.fake_upstream import random_response, render_json, shuffled
 
@@ -44,7 +45,7 @@ F32_MAX = float(np.finfo(np.float32).max)
 DECODE = msgspec.json.decode
 # What the Python path's pieces raise on bodies they cannot read (capture_response
 # turns each into CaptureError).
-PYTHON_REJECTS = (cap.CaptureError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+PYTHON_REJECTS = (CaptureError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 Arrays = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]
 Result = tuple[Any, list[Any], Arrays | None]
@@ -58,20 +59,20 @@ def scanner() -> Any:
     return cap._native
 
 
-def python_path(body: bytes, k: int, endpoint: cap.Endpoint = "chat") -> Result | None:
+def python_path(body: bytes, k: int, endpoint: Endpoint = "chat") -> Result | None:
     """The Python path's (envelope, spans, arrays); arrays None: no logprobs. None: rejected."""
     try:
-        env, lp, spans = cap.split_body(body, endpoint)
-        c0 = cap._choice0(env)
+        env, lp, spans = capture_split.split_body(body, endpoint)
+        c0 = capture_split._choice0(env)
         span = spans[c0] if c0 >= 0 else None
         raw = memoryview(body)[span[0] : span[1]] if span else None
-        arrays = None if lp is None else cap.logprob_arrays(lp, k, raw)
+        arrays = None if lp is None else capture_arrays.logprob_arrays(lp, k, raw)
     except PYTHON_REJECTS:
         return None
     return env, spans, arrays
 
 
-def native_path(body: bytes, k: int, endpoint: cap.Endpoint = "chat") -> Result | None:
+def native_path(body: bytes, k: int, endpoint: Endpoint = "chat") -> Result | None:
     scanner()
     return cap._native_split(body, k, endpoint)
 
@@ -110,7 +111,7 @@ def assert_same(nat: Result, py: Result | None, k: int, body: bytes = b"") -> No
     assert_same_arrays(n_arrays, p_arrays, k, what)
 
 
-def check(body: bytes, k: int, accept: bool | None = None, endpoint: cap.Endpoint = "chat") -> bool:
+def check(body: bytes, k: int, accept: bool | None = None, endpoint: Endpoint = "chat") -> bool:
     """Contract on one body; ``accept``: also require the scanner to (not) take it."""
     nat = native_path(body, k, endpoint)
     if accept is not None:
@@ -126,7 +127,7 @@ def check(body: bytes, k: int, accept: bool | None = None, endpoint: cap.Endpoin
 def python_value(value: bytes, k: int) -> Arrays | None:
     """logprob_arrays on one logprobs object (what the body path does to choice 0's)."""
     try:
-        return cap.logprob_arrays(cap._CHAT_NUMBERS.decode(value), k, value)
+        return capture_arrays.logprob_arrays(capture_structs._CHAT_NUMBERS.decode(value), k, value)
     except PYTHON_REJECTS:
         return None
 
@@ -648,7 +649,7 @@ def test_property_native_is_python_where_it_accepts(case: tuple[bytes, int, bool
     # Plain orjson bodies with finite float32 logprobs must take the native path,
     # so this cannot pass by declining everything.
     check(body, k, accept=True if expect else None)
-    start = cap._logprobs_start(body)
+    start = capture_split._logprobs_start(body)
     if start >= 0:
         check_value(body, k, start)
 
@@ -772,7 +773,7 @@ SMALL = body_of(ROWS[:4])
 
 def test_truncated_bodies_are_declined() -> None:
     body = SMALL
-    start = cap._logprobs_start(body)
+    start = capture_split._logprobs_start(body)
     end = scan_value(body, 3, start)
     assert end is not None
     for cut in range(len(body)):
@@ -842,7 +843,7 @@ def mutants(seed: int, n: int, valid_utf8: bool) -> list[tuple[bytes, int, int]]
     rng = random.Random(seed)
     out = []
     for base in fuzz_bases():
-        start = cap._logprobs_start(base)
+        start = capture_split._logprobs_start(base)
         made = 0
         while made < n:
             body = mutate(base, rng, start, len(base) - 60)
@@ -856,7 +857,7 @@ def run_mutants(cases: list[tuple[bytes, int, int]]) -> int:
     accepted = 0
     for body, k, start in cases:
         accepted += check(body, k)
-        s = cap._logprobs_start(body)
+        s = capture_split._logprobs_start(body)
         check_value(body, k, s if s >= 0 else start)
     return accepted
 
@@ -957,7 +958,7 @@ def test_invalid_strings_are_declined(bad: str) -> None:
         body = lp_body(place)
         assert native_path(body, 2) is None, body
         assert python_path(body, 2) is None, body  # JSON itself is invalid
-        start = cap._logprobs_start(body)
+        start = capture_split._logprobs_start(body)
         assert scanner().scan_chat(body, start, 2, DECODE) is None
 
 
@@ -977,7 +978,7 @@ def test_invalid_logprobs_are_declined(bad: str) -> None:
     for place in places:
         body = lp_body(place)
         assert native_path(body, 2) is None, body
-        start = cap._logprobs_start(body)
+        start = capture_split._logprobs_start(body)
         assert scanner().scan_chat(body, start, 2, DECODE) is None
 
 
@@ -1039,7 +1040,7 @@ def test_invalid_logprobs_are_declined(bad: str) -> None:
 def test_malformed_or_unsure_logprobs_are_declined(content: str) -> None:
     body = raw_body(content)
     assert native_path(body, 2) is None, body
-    start = cap._logprobs_start(body)
+    start = capture_split._logprobs_start(body)
     assert scanner().scan_chat(body, start, 2, DECODE) is None
     for k in (1, 3):
         check(body, k)
@@ -1168,12 +1169,12 @@ def test_no_read_outside_the_buffer() -> None:
     cases += [(body, k) for body, k, _ in mutants(11, 300, valid_utf8=True)]
     cases += [(body, k) for body, k, _ in mutants(12, 100, valid_utf8=False)]
     for data, k in cases:
-        s = max(cap._logprobs_start(data), 0)
+        s = max(capture_split._logprobs_start(data), 0)
         for place in (fence.at_end, fence.at_start):
             with place(data) as view:
                 scan_value(view, k, s)
     # Values that stop mid-token right at the fence, for every kind of token.
-    start = cap._logprobs_start(SMALL)
+    start = capture_split._logprobs_start(SMALL)
     got = scan_value(SMALL, 3, start)
     assert got is not None
     value = SMALL[start : got[0]]
@@ -1188,7 +1189,7 @@ def test_no_read_outside_the_buffer() -> None:
 
 def test_direct_calls_with_odd_arguments() -> None:
     body = SMALL
-    start = cap._logprobs_start(body)
+    start = capture_split._logprobs_start(body)
     scan = scanner().scan_chat
     for s in (-1, -(2**40), len(body) + 1, len(body), 2**40, -(2**62)):
         assert scan(body, s, 3, DECODE) is None
@@ -1211,7 +1212,7 @@ def test_direct_calls_with_odd_arguments() -> None:
         scan("not bytes", 0, 3, DECODE)
     # A decode that misbehaves makes the scanner decline or raise, never crash.
     escaped = raw_body('[{"token":"\\n","logprob":-1,"top_logprobs":[]}]')
-    s = cap._logprobs_start(escaped)
+    s = capture_split._logprobs_start(escaped)
     assert scan(escaped, s, 3, lambda b: 5) is None
     assert scan(escaped, s, 3, lambda b: 1 / 0) is None
     assert check_value(escaped, 3, s)
@@ -1282,7 +1283,7 @@ def test_capture_response_same_with_and_without_scanner(
     calls: list[int] = []
     real = cap._native_split
 
-    def counting(body: bytes, kk: int, endpoint: cap.Endpoint) -> Any:
+    def counting(body: bytes, kk: int, endpoint: Endpoint) -> Any:
         out = real(body, kk, endpoint)
         calls.append(out is not None)
         return out
@@ -1314,7 +1315,7 @@ def assert_same_captured(got: Captured, want: Captured, equal_nan: bool = False)
 
 
 def stream_capture(
-    events: list[bytes], k: int, native: bool, endpoint: cap.Endpoint = "chat"
+    events: list[bytes], k: int, native: bool, endpoint: Endpoint = "chat"
 ) -> tuple[StreamCapture, Captured]:
     saved = cap._native
     cap._native = saved if native else None

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.proxy import capture as cap
-from monitor.proxy.capture import Captured
+from monitor.proxy import capture_split
+from monitor.proxy.captured import Captured
 from monitor.proxy.stream_capture import StreamCapture
 from tests.proxy import test_native_scan as chat_scan
 from tests.proxy.test_native_scan import (
@@ -298,7 +299,7 @@ def test_random_mutations() -> None:
     accepted = 0
     for base in bases:
         assert check(base, 3, accept=True)
-        start = cap._logprobs_start(base)
+        start = capture_split._logprobs_start(base)
         for _ in range(1500):
             body = mutate(base, rng, start, len(base) - 60)
             accepted += check(body, rng.choice([1, 3, 5]))
@@ -307,7 +308,7 @@ def test_random_mutations() -> None:
 
 def test_truncated_bodies_are_declined() -> None:
     body = body_of(ROWS[:4])
-    start = cap._logprobs_start(body)
+    start = capture_split._logprobs_start(body)
     got = scanner().scan_completions(body, start, 3, DECODE)
     assert got is not None
     for cut in range(len(body)):
