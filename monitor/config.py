@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from monitor.alerting.webhook_secret import check_secret
+from monitor.alerting.webhook_secret import WebhookSecret
 from monitor.errors import ConfigError
 
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -162,8 +162,15 @@ EVENT_TYPES = (
 
 
 class WebhookConfig(_Strict):
+    # The secret is written as a plain string in the file; SecretStr keeps it
+    # out of repr(), logs and dumps. Unwrap it only to store or sign with it.
+    # Inputs are left out of validation errors, which would echo the secret.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     url: str = Field(pattern=r"^https?://")
-    secret: str = Field(min_length=1)
+    # Refused here, at start, as the admin API refuses it: a secret that
+    # cannot sign would otherwise fail every delivery to this endpoint.
+    secret: WebhookSecret
     events: list[str] = Field(default_factory=lambda: list(EVENT_TYPES))
 
     @field_validator("events")
@@ -174,23 +181,18 @@ class WebhookConfig(_Strict):
             raise ValueError(f"unknown event(s) {unknown}; known: {list(EVENT_TYPES)}")
         return events
 
-    @field_validator("secret")
-    @classmethod
-    def _usable_secret(cls, secret: str) -> str:
-        # Refused here, at start, as the admin API refuses it: a secret that
-        # cannot sign would otherwise fail every delivery to this endpoint.
-        return check_secret(secret)
-
 
 class ConfigFile(BaseModel):
     """The parsed config file. `settings` is validated by `Settings` itself."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     defaults: dict[str, Any] = Field(default_factory=dict)
     tasks: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
-    settings: dict[str, Any] = Field(default_factory=dict)
+    # Raw until `Settings` validates it, so it may hold the database URL or a
+    # token in the clear: kept out of repr().
+    settings: dict[str, Any] = Field(default_factory=dict, repr=False)
 
     @field_validator("tasks")
     @classmethod

@@ -9,6 +9,7 @@ example `THERMOSTAT_WORKER__DEVICE=cpu`.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -115,10 +116,15 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        # A validation error's text would otherwise carry the rejected input,
+        # the database URL's password or a token among them.
+        hide_input_in_errors=True,
     )
 
     home: Path = Path("~/.thermostat")
-    database_url: str | None = None
+    # SecretStr: the URL may carry a password, so repr() and dumps mask it;
+    # `resolved_database_url` is the plain string, for the engine only.
+    database_url: SecretStr | None = None
     upstream_url: str | None = None
     config: Path | None = None
     alert_rules: Path | None = None
@@ -156,7 +162,7 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("admin_token", "feedback_token", mode="before")
+    @field_validator("admin_token", "feedback_token", "database_url", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -177,7 +183,10 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'thermostat.db'}"
+        """The plain URL the engine connects with; never log it (see `redact_url`)."""
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.home / 'thermostat.db'}"
 
     @property
     def spool_dir(self) -> Path:
@@ -197,7 +206,7 @@ def check_http_url(value: str) -> str:
     The upstream client splits the URL only when the app starts, where a bad
     port or an empty host used to surface as a traceback from the lifespan.
     """
-    shown = _redact(value)
+    shown = redact_url(value)
     if any(c.isspace() or not c.isprintable() for c in value):
         raise ValueError(f"must not contain spaces or control characters, got {shown!r}")
     try:
@@ -220,13 +229,23 @@ def check_http_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _redact(url: str) -> str:
-    """The URL with any user:password replaced, so an error line does not leak it."""
+_SECRET_QUERY = re.compile(r"((?:^|[?&;])[^=&;]*(?:pass|secret|token)[^=&;]*=)[^&;#]*", re.I)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password (and `?password=`) masked, so an error line does not leak it.
+
+    The credentials end at the last `@` before the query: a password may hold
+    an unescaped `/`, which a split at the first `/` would leave in the clear.
+    """
     scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    if not sep or "@" not in netloc:
-        return url
-    return f"{scheme}://***@{netloc.rpartition('@')[2]}{slash}{path}"
+    if not sep:  # not a URL at all: still no user:password@ in an error line
+        scheme, rest = "", url
+    before, mark, query = rest.partition("?")
+    if "@" in before:
+        before = "***@" + before.rpartition("@")[2]
+    query = _SECRET_QUERY.sub(r"\1***", query)
+    return f"{scheme}{sep}{before}{mark}{query}"
 
 
 def cached_config_file(path: Path) -> ConfigFile:

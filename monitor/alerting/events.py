@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from monitor.alerting import repository
 from monitor.config import EVENT_TYPES
-from monitor.db.models import Webhook, WebhookDelivery
+from monitor.db.models import WebhookDelivery
 from monitor.db.models.enums import DeliveryStatus
 from monitor.db.types import as_json, utcnow, uuid7
 
@@ -29,7 +29,7 @@ def emit_event(session: Session, event_type: str, data: dict[str, Any]) -> list[
     """Queue `event_type` for every enabled webhook subscribed to it."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
-    hooks = session.scalars(select(Webhook).where(Webhook.enabled.is_(True))).all()
+    hooks = repository.enabled_webhooks(session)
     payload = event_body(event_type, data)
     now = utcnow()
     deliveries = [
@@ -46,6 +46,4 @@ def emit_event(session: Session, event_type: str, data: dict[str, Any]) -> list[
         for hook in hooks
         if event_type in (hook.events or [])
     ]
-    session.add_all(deliveries)
-    session.flush()
-    return deliveries
+    return repository.add_deliveries(session, deliveries)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import Session
 
 from monitor.db.models import Alert, Webhook, WebhookAttempt, WebhookDelivery
@@ -77,6 +77,10 @@ def webhooks_by_source(session: Session, source: str) -> list[Webhook]:
     return list(session.scalars(select(Webhook).where(Webhook.source == source)))
 
 
+def enabled_webhooks(session: Session) -> list[Webhook]:
+    return list(session.scalars(select(Webhook).where(Webhook.enabled.is_(True))))
+
+
 # ---- deliveries and attempts ----------------------------------------------
 
 
@@ -104,6 +108,22 @@ def add_delivery(session: Session, delivery: WebhookDelivery) -> WebhookDelivery
     session.add(delivery)
     session.flush()
     return delivery
+
+
+def add_deliveries(session: Session, deliveries: list[WebhookDelivery]) -> list[WebhookDelivery]:
+    session.add_all(deliveries)
+    session.flush()
+    return deliveries
+
+
+def reload_delivery(session: Session, delivery: WebhookDelivery, hook: Webhook) -> bool:
+    """Re-read both rows from the database; False when either was deleted meanwhile."""
+    try:
+        session.refresh(delivery)
+        session.refresh(hook)
+    except InvalidRequestError:
+        return False
+    return True
 
 
 def add_attempt(session: Session, attempt: WebhookAttempt) -> None:

@@ -20,7 +20,8 @@ def list_webhooks(session: SessionDep) -> dict[str, Any]:
 
 @router.post("", status_code=201)
 def create_webhook(body: WebhookCreate, session: SessionDep) -> WebhookOut:
-    hook = service.create_webhook(session, body.url, body.events, body.secret, body.description)
+    secret = body.plain_secret()
+    hook = service.create_webhook(session, body.url, body.events, secret, body.description)
     # The secret is shown once, on creation, so a generated one can be copied.
     return WebhookOut.of(hook, reveal=True)
 

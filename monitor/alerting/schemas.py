@@ -8,16 +8,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitor.alerting.delivery import mask_secret
-from monitor.alerting.webhook_secret import check_secret
+from monitor.alerting.webhook_secret import StoredWebhookSecret
 from monitor.config import EVENT_TYPES
 from monitor.db.models import Webhook, WebhookAttempt, WebhookDelivery
 
 
 class WebhookCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # SecretStr and no inputs in errors: the body's secret stays out of repr() and logs.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     url: str = Field(pattern=r"^https?://", max_length=2048)
-    secret: str | None = Field(default=None, min_length=1, max_length=255)
+    secret: StoredWebhookSecret | None = None
     events: list[str] = Field(default_factory=lambda: list(EVENT_TYPES), min_length=1)
     description: str | None = Field(default=None, max_length=255)
 
@@ -29,10 +30,9 @@ class WebhookCreate(BaseModel):
             raise ValueError(f"unknown event(s) {unknown}; known: {list(EVENT_TYPES)}")
         return events
 
-    @field_validator("secret")
-    @classmethod
-    def _secret(cls, value: str | None) -> str | None:
-        return None if value is None else check_secret(value)
+    def plain_secret(self) -> str | None:
+        """The secret to store (delivery signs with it); None: generate one."""
+        return None if self.secret is None else self.secret.get_secret_value()
 
 
 class WebhookOut(BaseModel):

@@ -146,13 +146,14 @@ def sync_config_webhooks(session: Session, configs: list[WebhookConfig]) -> Sync
     wanted = {config.url: config for config in configs}
     for url, config in wanted.items():
         hook = existing.get(url)
+        secret = config.secret.get_secret_value()  # stored plain: delivery signs with it
         if hook is None:
-            create_webhook(session, url, config.events, config.secret, source="config")
+            create_webhook(session, url, config.events, secret, source="config")
             added += 1
             continue
-        changed = hook.secret != config.secret or list(hook.events) != list(config.events)
+        changed = hook.secret != secret or list(hook.events) != list(config.events)
         if changed or hook.disabled_reason == "removed from the config file":
-            hook.secret = config.secret
+            hook.secret = secret
             hook.events = list(config.events)
             if hook.disabled_reason == "removed from the config file":
                 hook.enabled, hook.disabled_at, hook.disabled_reason = True, None, None

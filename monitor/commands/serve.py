@@ -9,7 +9,7 @@ from monitor.auth import is_loopback
 from monitor.errors import ConfigError
 from monitor.logging import setup_logging
 from monitor.runtime import ROLES
-from monitor.settings import Settings, load_settings
+from monitor.settings import Settings, load_settings, redact_url
 
 log = logging.getLogger("monitor.serve")
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         args.role,
         args.host,
         args.port,
-        settings.resolved_database_url.split("@")[-1],
+        redact_url(settings.resolved_database_url),
     )
     uvicorn.run(
         create_app(settings, args.role),

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from monitor.errors import ConfigError
+from monitor.settings import redact_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_STATEMENT_TIMEOUT_MS = 60_000
@@ -27,19 +28,24 @@ def is_sqlite(url: str) -> bool:
 
 
 def build_engine(url: str, *, application_name: str = "thermostat", **kwargs: Any) -> Engine:
-    """Create an engine for `url`; a malformed URL is a one-line ConfigError."""
+    """Create an engine for `url`; a malformed URL is a one-line ConfigError.
+
+    The messages show the URL with its password masked: they reach the
+    terminal and the logs, and the URL is a secret (`Settings.database_url`).
+    """
+    shown = redact_url(url)
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(f"database URL {url!r} is not a valid SQLAlchemy URL") from None
+        raise ConfigError(f"database URL {shown!r} is not a valid SQLAlchemy URL") from None
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(url, parsed.database, **kwargs)
         if parsed.get_backend_name() == "postgresql":
             return _postgres_engine(url, application_name, **kwargs)
-    except NoSuchModuleError as exc:
-        raise ConfigError(f"database URL {url!r}: driver not installed ({exc})") from None
-    raise ConfigError(f"database URL {url!r}: only sqlite and postgresql are supported")
+    except NoSuchModuleError as exc:  # its text names the plugin only, not the URL
+        raise ConfigError(f"database URL {shown!r}: driver not installed ({exc})") from None
+    raise ConfigError(f"database URL {shown!r}: only sqlite and postgresql are supported")
 
 
 def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:

@@ -1,7 +1,9 @@
 """Sessions are opened and committed only at the edge (a request or a job).
 
 Services receive a session and only flush; `session_scope` commits when the
-block succeeds and rolls back when it raises.
+block succeeds and rolls back when it raises. The one exception is
+`monitor.alerting.delivery.deliver_one`, which commits before its HTTP POST
+so that no transaction stays open across the network call.
 """
 
 from __future__ import annotations

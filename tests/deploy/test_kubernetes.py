@@ -211,7 +211,7 @@ def test_config_map_renders_with_the_webhook_secrets_into_a_valid_config(
     subprocess.run(command, env=env, check=True, timeout=30)
 
     config = load_config_file(rendered)
-    assert [w.secret for w in config.webhooks] == list(secrets.values())
+    assert [w.secret.get_secret_value() for w in config.webhooks] == list(secrets.values())
     assert "${" not in rendered.read_text()
     assert config.task("math_reasoning").recalibrate_cron
     monkeypatch.setenv("THERMOSTAT_CONFIG", str(rendered))
