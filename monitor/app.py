@@ -6,6 +6,7 @@ HTTP. Nothing (engine, clients, scheduler) is built at import time.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,7 +51,28 @@ class ThermostatApp(FastAPI):
             if endpoint is not None:
                 scope["app"] = self
                 return await endpoint(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            receive = _shutdown_when_cancelled(receive)
         await super().__call__(scope, receive, send)
+
+
+def _shutdown_when_cancelled(receive: Any) -> Any:
+    """The lifespan's receive, with cancellation read as a request to shut down.
+
+    uvicorn's forced exit (a second Ctrl-C) cancels the lifespan task instead
+    of asking it to shut down: Starlette then logs a CancelledError traceback
+    and the runtime's stop runs inside a cancelled task. Read as "shut down",
+    the runtime stops as on the first Ctrl-C (the recorder flushes what it
+    holds) and the exit prints no traceback.
+    """
+
+    async def receive_or_shutdown() -> Any:
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            return {"type": "lifespan.shutdown"}
+
+    return receive_or_shutdown
 
 
 def create_app(settings: Settings | None = None, role: Role = "all") -> FastAPI:

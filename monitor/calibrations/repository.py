@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from monitor.db.dialect import dialect_name
+from monitor.db import notify
 from monitor.db.models import Calibration, Generation, RecalibrationJob
 from monitor.db.models.enums import CalibrationStatus
 
@@ -58,6 +58,12 @@ def list_calibrations(
     return list(session.scalars(stmt.limit(limit)))
 
 
+def add_calibration(session: Session, calibration: Calibration) -> None:
+    """Insert a new version now (flush), so its id can be referenced in the same unit."""
+    session.add(calibration)
+    session.flush()
+
+
 def next_version(session: Session, task: str) -> int:
     current = session.scalar(select(func.max(Calibration.version)).where(Calibration.task == task))
     return int(current or 0) + 1
@@ -81,10 +87,7 @@ def retire_active(session: Session, task: str, keep_id: int, now: datetime) -> l
 
 def notify_activation(session: Session, task: str) -> None:
     """Postgres delivers NOTIFY at commit, so listeners never see an uncommitted swap."""
-    if dialect_name(session) == "postgresql":
-        session.execute(
-            text("SELECT pg_notify(:channel, :task)"), {"channel": NOTIFY_CHANNEL, "task": task}
-        )
+    notify.notify(session, NOTIFY_CHANNEL, task)
 
 
 def activation_signature(session: Session) -> tuple[Any, ...]:

@@ -21,6 +21,7 @@ rolling back to an older version re-scores again.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -159,11 +160,14 @@ def rescore(
     *,
     batch_size: int = RESCORE_BATCH,
     now: datetime | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Re-score the task's window under `calibration_id`; returns the rows written.
 
     Stops early (without stamping `rescored_at`) if the version stops being
-    active meanwhile: the newer activation re-scores for itself.
+    active meanwhile: the newer activation re-scores for itself. Also between
+    pages once `stop` is set (the worker is shutting down): `pending_rescores`
+    finds the version again, and pages already written are not redone.
     """
     with session_scope(sessions) as session:
         calibration = require_calibration(session, calibration_id)
@@ -174,6 +178,10 @@ def rescore(
     written = 0
     after: uuid.UUID | None = None
     while True:
+        if stop is not None and stop.is_set():
+            return written
+        # One short transaction per page, committed here: a page is the unit of
+        # progress, and a long transaction would hold SQLite's write lock.
         with session_scope(sessions) as session:
             current = repository.active_calibration(session, task)
             if current is None or current.id != calibration_id:

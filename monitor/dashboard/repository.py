@@ -1,4 +1,4 @@
-"""The dashboard's own SQL: aggregates for charts and paginated listings.
+"""The dashboard's own SQL: aggregates for charts, paginated listings, sign-outs.
 
 Pages must stay fast with a million generations, so nothing here loads
 generation rows beyond one page: histories are averaged per time bucket in
@@ -16,11 +16,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
+from sqlalchemy import Float, and_, case, cast, delete, func, literal, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from monitor.db.models import Alert, Feedback, Generation, MetricSnapshot, RecalibrationJob
+from monitor.db.dialect import insert_ignoring_conflicts
+from monitor.db.models import (
+    Alert,
+    Feedback,
+    Generation,
+    MetricSnapshot,
+    RecalibrationJob,
+    RevokedDashboardSession,
+)
 from monitor.db.models.enums import OPEN_ALERT_STATES
 from monitor.db.types import UTCDateTime
 
@@ -261,3 +269,18 @@ def jobs_page(
         .limit(limit)
     )
     return list(session.scalars(stmt)), total
+
+
+# ------------------------------------------------------------------ sign-outs
+def is_revoked(db: Session, session_id: str) -> bool:
+    return db.get(RevokedDashboardSession, session_id) is not None
+
+
+def forget_expired_revocations(db: Session, now: datetime) -> None:
+    """Sign-outs whose cookies have expired anyway need not be remembered."""
+    db.execute(delete(RevokedDashboardSession).where(RevokedDashboardSession.expires_at <= now))
+
+
+def add_revocation(db: Session, session_id: str, expires_at: datetime) -> None:
+    row = {"session_id": session_id, "expires_at": expires_at}
+    insert_ignoring_conflicts(db, RevokedDashboardSession, [row])

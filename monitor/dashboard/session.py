@@ -40,12 +40,10 @@ from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from monitor.auth import bearer_token, client_host, is_loopback, tokens_match
-from monitor.db.dialect import insert_ignoring_conflicts
-from monitor.db.models import RevokedDashboardSession
+from monitor.dashboard import repository
 from monitor.deps import SessionDep, get_runtime
 from monitor.refused_tokens import refused_tokens
 from monitor.settings import Settings
@@ -163,7 +161,7 @@ def signed_in(request: Request, db: Session) -> DashboardSession | None:
     if settings.admin_token is None:
         return None
     session = read_session(signing_key(request), request.cookies.get(SESSION_COOKIE))
-    if session is None or db.get(RevokedDashboardSession, session.session_id) is not None:
+    if session is None or repository.is_revoked(db, session.session_id):
         return None
     return session
 
@@ -171,10 +169,10 @@ def signed_in(request: Request, db: Session) -> DashboardSession | None:
 def revoke(db: Session, session: DashboardSession) -> None:
     """End the session everywhere; forget sign-outs whose cookies have expired anyway."""
     now = datetime.now(UTC)
-    db.execute(delete(RevokedDashboardSession).where(RevokedDashboardSession.expires_at <= now))
-    expires_at = datetime.fromtimestamp(session.expires_at, UTC)
-    row = {"session_id": session.session_id, "expires_at": expires_at}
-    insert_ignoring_conflicts(db, RevokedDashboardSession, [row])
+    repository.forget_expired_revocations(db, now)
+    repository.add_revocation(
+        db, session.session_id, datetime.fromtimestamp(session.expires_at, UTC)
+    )
 
 
 def current_session(request: Request, db: SessionDep) -> DashboardSession:

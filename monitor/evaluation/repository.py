@@ -23,7 +23,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from monitor.calibration.metrics import NLL_EPS
-from monitor.db.models import Calibration, Generation, MetricSnapshot, RecalibrationJob, Task
+from monitor.db.models import (
+    Alert,
+    Calibration,
+    Generation,
+    MetricSnapshot,
+    RecalibrationJob,
+    Task,
+)
 from monitor.db.models.enums import CalibrationStatus
 from monitor.evaluation.signals import HIST_BUCKETS, BinStats, FloatArray
 
@@ -220,3 +227,7 @@ def threshold_job_since(session: Session, task: str, since: datetime) -> bool:
         and_(RecalibrationJob.task == task, RecalibrationJob.created_at >= since)
     )
     return session.execute(stmt.limit(1)).first() is not None
+
+
+def get_alert(session: Session, alert_id: int | None) -> Alert | None:
+    return session.get(Alert, alert_id)

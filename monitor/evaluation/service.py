@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from monitor.alerting.rules import Rule, load_rules
 from monitor.alerting.state import Transition, apply_outcomes
 from monitor.config import TaskConfig
-from monitor.db.models import Alert, Calibration
+from monitor.db.models import Calibration
 from monitor.db.models.enums import AlertState, JobTrigger, SnapshotStatus
 from monitor.db.types import utcnow
 from monitor.evaluation import repository
@@ -196,7 +196,7 @@ def _maybe_recalibrate(
     for transition in transitions:
         if transition.rule not in ece_rules or transition.state != AlertState.firing.value:
             continue
-        alert = session.get(Alert, transition.alert_id)
+        alert = repository.get_alert(session, transition.alert_id)
         if alert is None or repository.threshold_job_since(session, task, alert.started_at):
             continue
         if in_cooldown(session, task, now):

@@ -164,6 +164,8 @@ class FeedbackService:
     def _to_database(self, items: list[FeedbackIn]) -> dict[int, Outcome]:
         results: dict[int, Outcome] = {}
         missing: set[uuid.UUID] = set()
+        # Committed here, not at the request edge: the commit is the acknowledgement
+        # (durable before the 201), and the relabel below must follow it.
         with session_scope(self.sessions) as session:
             for index, item in enumerate(items):
                 outcome, generation_missing = self._write(session, item)

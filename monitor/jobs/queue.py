@@ -9,25 +9,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from monitor.db.models import RecalibrationJob, Task
-from monitor.db.models.enums import OPEN_JOB_STATUSES, JobStatus, JobTrigger
+from monitor.db.models import RecalibrationJob
+from monitor.db.models.enums import JobStatus, JobTrigger
 from monitor.db.types import utcnow
-from monitor.tasks.repository import ensure_tasks
+from monitor.jobs.repository import insert_job, open_job
+from monitor.tasks.repository import ensure_tasks, get_task
 
-
-def open_job(session: Session, task: str) -> RecalibrationJob | None:
-    stmt = select(RecalibrationJob).where(
-        RecalibrationJob.task == task, RecalibrationJob.status.in_(OPEN_JOB_STATUSES)
-    )
-    return session.scalars(stmt).first()
+__all__ = ["enqueue_recalibration", "in_cooldown", "open_job"]
 
 
 def in_cooldown(session: Session, task: str, now: datetime | None = None) -> bool:
-    row = session.get(Task, task)
+    row = get_task(session, task)
     until = row.recalibrate_not_before if row else None
     return until is not None and until > (now or utcnow())
 
@@ -53,9 +48,7 @@ def enqueue_recalibration(
         created_at=utcnow(),
     )
     try:
-        with session.begin_nested():
-            session.add(job)
-            session.flush()
+        insert_job(session, job)
     except IntegrityError:
         # Another process queued one between our check and insert.
         raced = open_job(session, task)

@@ -12,6 +12,7 @@ was re-claimed after its worker stalled finish exactly once.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,13 +25,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.alerting.events import emit_event
 from monitor.calibrations import repository, service
 from monitor.config import TaskConfig
-from monitor.db.models import Calibration, Task
+from monitor.db.models import Calibration
 from monitor.db.models.enums import CalibrationStatus, JobStatus
 from monitor.db.session import session_scope
 from monitor.db.types import as_json, utcnow
 from monitor.jobs import claim
 from monitor.jobs.claim import ClaimedJob
+from monitor.jobs.daemon import Interrupted
 from monitor.settings import Settings
+from monitor.tasks.repository import get_task
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +106,17 @@ def run_job(
     *,
     device: str | None = None,
     rescore_after: bool = True,
+    stop: threading.Event | None = None,
 ) -> JobOutcome:
-    """Run a claimed job to its outcome; raises on errors (the caller retries)."""
+    """Run a claimed job to its outcome; raises on errors (the caller retries).
+
+    Once `stop` is set (the worker is shutting down) the job writes nothing
+    more and raises Interrupted: it keeps its lease, which expires and is
+    re-queued, as after SIGTERM.
+    """
     t0 = time.perf_counter()
+    # The job is its own edge, and commits in steps on purpose: a short read, the
+    # fit with no transaction open, then the outcome under the lease's row lock.
     with session_scope(sessions) as session:
         inputs = _load(session, settings, job.task)
     timings = {"load_s": time.perf_counter() - t0}
@@ -115,6 +126,7 @@ def run_job(
             f"too few labelled generations with logprobs in the {inputs.config.window} window: "
             f"{len(inputs.rows)} < {needed} needed"
         )
+        _check_stop(stop, job)
         return _finish_without_fit(sessions, settings, job, inputs, reason, timings)
 
     from monitor.calibration import TokenBatch, validate_sequence_temperature
@@ -135,6 +147,7 @@ def run_job(
                 f"too few labelled generations with usable logprobs in the "
                 f"{inputs.config.window} window: {usable.shape[0]} < {needed} needed"
             )
+            _check_stop(stop, job)
             return _finish_without_fit(sessions, settings, job, inputs, reason, timings)
     dev = resolve_device(device or settings.worker.device)
     t1 = time.perf_counter()
@@ -149,6 +162,7 @@ def run_job(
         device=dev,
     )
     timings["fit_s"] = time.perf_counter() - t1
+    _check_stop(stop, job)
     outcome = _store_outcome(sessions, settings, job, inputs, result, dev, timings)
     if (
         outcome.status == JobStatus.succeeded
@@ -156,14 +170,19 @@ def run_job(
         and rescore_after
     ):
         t2 = time.perf_counter()
-        service.rescore(sessions, outcome.calibration_id, inputs.config)
+        service.rescore(sessions, outcome.calibration_id, inputs.config, stop=stop)
         outcome.timings["rescore_s"] = time.perf_counter() - t2
     return outcome
 
 
+def _check_stop(stop: threading.Event | None, job: ClaimedJob) -> None:
+    if stop is not None and stop.is_set():
+        raise Interrupted(f"job {job.id}: worker stopping; left to its lease")
+
+
 def _cooldown(session: Session, settings: Settings, task: str) -> datetime:
     until = utcnow() + timedelta(seconds=settings.scheduler.recalibration_cooldown_s)
-    row = session.get(Task, task)
+    row = get_task(session, task)
     if row is not None:
         row.recalibrate_not_before = until
     return until
@@ -228,8 +247,7 @@ def _store_outcome(
             reason=result.reason,
             created_at=utcnow(),
         )
-        session.add(calibration)
-        session.flush()
+        repository.add_calibration(session, calibration)
         summary = {
             "accepted": bool(result.accepted),
             "reason": result.reason,

@@ -5,6 +5,10 @@ threads, so an `all`-role process keeps answering HTTP during a fit. While a
 job runs, a heartbeat extends its lease every `heartbeat_s`; if the process
 dies the lease expires and any worker re-queues the job. Between jobs the
 loop also re-scores history for versions activated through the API.
+
+The fit and the re-scoring run in daemon threads (`monitor.jobs.daemon`), so
+stopping (Ctrl-C or SIGTERM) never waits for them: the running job writes
+nothing more and keeps its lease, which expires and is re-queued.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import traceback
 
 from monitor.calibrations import service as calibrations
 from monitor.db.session import session_scope
 from monitor.jobs import claim
 from monitor.jobs.claim import ClaimedJob
+from monitor.jobs.daemon import Interrupted, run_in_daemon_thread
 from monitor.jobs.recalibration import JobOutcome, LeaseLost, fail_expired, record_failure, run_job
 from monitor.runtime import Runtime
 
@@ -34,18 +40,21 @@ class WorkerService:
         self.owner = claim.new_lease_owner()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._halt = threading.Event()  # read by job threads: write nothing more
         self.outcomes: list[JobOutcome] = []  # recent outcomes, for tests and logs
         self.current_job: ClaimedJob | None = None
 
     async def start(self) -> None:
         self._stopping.clear()
+        self._halt.clear()
         self._task = asyncio.create_task(self._run(), name=f"worker {self.owner}")
 
     async def stop(self) -> None:
+        self._halt.set()
         self._stopping.set()
         if self._task is not None:
-            # A fit in its thread cannot be interrupted: its lease expires and
-            # another worker re-runs the job.
+            # A fit in its (daemon) thread cannot be interrupted: its lease
+            # expires and another worker re-runs the job.
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -72,6 +81,7 @@ class WorkerService:
         return await self._rescore_one()
 
     def _claim(self) -> ClaimedJob | None:
+        # Committed before the work starts: other workers must see the claim and lease.
         with session_scope(self.runtime.sessions) as session:
             return claim.claim_job(session, self.owner, self.settings.lease_s)
 
@@ -83,10 +93,16 @@ class WorkerService:
         )
         beat = asyncio.create_task(self._heartbeat(job))
         try:
-            outcome = await asyncio.to_thread(
-                run_job, self.runtime.sessions, self.runtime.settings, job, device=self.device
+            outcome = await run_in_daemon_thread(
+                run_job,
+                self.runtime.sessions,
+                self.runtime.settings,
+                job,
+                device=self.device,
+                stop=self._halt,
+                name=f"thermostat-job-{job.id}",
             )
-        except LeaseLost as exc:
+        except (LeaseLost, Interrupted) as exc:
             log.warning("%s", exc)
             return None
         except Exception as exc:
@@ -124,7 +140,14 @@ class WorkerService:
             return False
         calibration_id, task = pending[0]
         config = self.runtime.settings.task_config(task)
-        await asyncio.to_thread(calibrations.rescore, self.runtime.sessions, calibration_id, config)
+        await run_in_daemon_thread(
+            calibrations.rescore,
+            self.runtime.sessions,
+            calibration_id,
+            config,
+            stop=self._halt,
+            name=f"thermostat-rescore-{calibration_id}",
+        )
         return True
 
     def _pending_rescores(self) -> list[tuple[int, str]]:

@@ -51,11 +51,9 @@ class CalibrationTable:
 
 
 def load_active_calibrations(session: Session) -> dict[str, CalibrationEntry]:
-    from sqlalchemy import select
+    # Imported here: the proxy imports this module, and the table itself needs no database.
+    from monitor.calibrations.repository import active_calibrations
 
-    from monitor.db.models import Calibration
-
-    rows = session.scalars(select(Calibration).where(Calibration.status == "active"))
     return {
         row.task: CalibrationEntry(
             task=row.task,
@@ -64,5 +62,5 @@ def load_active_calibrations(session: Session) -> dict[str, CalibrationEntry]:
             temperature=row.temperature,
             method=row.method,
         )
-        for row in rows
+        for row in active_calibrations(session)
     }

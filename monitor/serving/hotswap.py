@@ -6,7 +6,8 @@ the commit and a reload always sees the new row. The connection is pinged
 between waits and re-opened with backoff after an outage, with a full reload
 on every (re)connect to cover notifications sent while it was down. SQLite
 has no LISTEN: a cheap signature query is polled instead. Both also resync
-the whole table periodically as a safety net.
+the whole table periodically as a safety net. Which of the two, and the
+LISTEN connection itself, come from `monitor.db.notify`.
 
 The swap itself is `CalibrationTable.replace` (one reference assignment), so a
 request in flight keeps the snapshot it started with. Reloads are serialised
@@ -21,9 +22,8 @@ import logging
 import time
 from collections.abc import Mapping
 
-from sqlalchemy.engine import make_url
-
 from monitor.calibrations.repository import NOTIFY_CHANNEL, activation_signature
+from monitor.db import notify
 from monitor.db.session import session_scope
 from monitor.runtime import Runtime
 from monitor.serving.calibration_table import CalibrationEntry, load_active_calibrations
@@ -51,9 +51,10 @@ class HotSwapService:
         self.last_swap_monotonic: float | None = None
 
     async def start(self) -> None:
-        seen = await asyncio.to_thread(self._signature) if self.runtime.is_sqlite else None
+        polling = not notify.can_listen(self.runtime.settings.resolved_database_url)
+        seen = await asyncio.to_thread(self._signature) if polling else None
         await self.reload("start", push_all=True)
-        watch = self._poll(seen) if self.runtime.is_sqlite else self._listen()
+        watch = self._poll(seen) if polling else self._listen()
         self._tasks = [
             asyncio.create_task(watch, name="hot-swap watch"),
             asyncio.create_task(self._resync(), name="hot-swap resync"),
@@ -100,35 +101,21 @@ class HotSwapService:
                 self.pusher.submit(push_body(task, entry.temperature, entry.version, apply))
 
     # ------------------------------------------------------------- Postgres
-    def _dsn(self) -> str:
-        url = make_url(self.runtime.settings.resolved_database_url)
-        return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
     async def _listen(self) -> None:
-        import psycopg
-
         delay = 0.2
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._dsn(), autocommit=True, application_name="thermostat-hot-swap"
-                )
-                async with conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                async with notify.Listener(
+                    self.runtime.settings.resolved_database_url,
+                    NOTIFY_CHANNEL,
+                    application_name="thermostat-hot-swap",
+                ) as listener:
                     delay = 0.2
                     self.listening.set()
                     await self.reload("listening")  # whatever happened while we were away
                     while True:
-                        got = False
-                        # stop_after ends the generator cleanly (it holds the
-                        # connection lock); notifies arriving during the reload
-                        # wait in psycopg's backlog for the next round.
-                        async for _ in conn.notifies(timeout=PING_INTERVAL_S, stop_after=1):
-                            got = True
-                        if got:
+                        if await listener.wait(PING_INTERVAL_S):
                             await self.reload("notify")
-                        else:
-                            await conn.execute("SELECT 1")  # a dead connection raises here
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -1,0 +1,135 @@
+"""Ctrl-C (SIGINT) or SIGTERM to a real `serve --role worker` process mid-fit.
+
+The process must stop promptly and cleanly: exit status 0 (SIGTERM: uvicorn
+re-raises it after the graceful shutdown, so -SIGTERM is clean too), no
+traceback, and the running job left to the lease logic: still `running`
+under this worker's lease, re-queued once the lease expires. Before the fix
+a SIGINT'd worker waited at exit for the fit thread (and then committed the
+job after "Finished server process"), and a second Ctrl-C in that wait
+printed a CancelledError traceback.
+
+The child is the real CLI entry point (`monitor.cli.main`) with the fit
+made slow (a sleep before the real fit), so the signal lands mid-fit for
+certain and a worker that waited for the fit would overrun the deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.db.models import RecalibrationJob
+from monitor.db.models.enums import JobTrigger
+from monitor.db.session import session_scope
+from monitor.jobs.claim import requeue_expired
+from monitor.jobs.queue import enqueue_recalibration
+from tests.jobs.support import TASK, seed_generations
+
+pytestmark = pytest.mark.timeout(120)
+
+FIT_SLEEP_S = 60.0
+EXIT_DEADLINE_S = 20.0
+FIT_STARTED = "test: fit started"
+
+CHILD = f"""
+import sys, time
+import monitor.calibration as core
+
+real = core.validate_sequence_temperature
+
+def slow(*args, **kwargs):
+    print({FIT_STARTED!r}, flush=True)
+    time.sleep({FIT_SLEEP_S})
+    return real(*args, **kwargs)
+
+core.validate_sequence_temperature = slow
+from monitor.cli import main
+raise SystemExit(main(["serve", "--role", "worker", "--port", "0"]))
+"""
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def wait_for_output(
+    path: Path, text: str, process: subprocess.Popen[bytes], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited early ({process.returncode})")
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not seen within {timeout}s")
+
+
+@pytest.mark.parametrize(
+    "sig, times",
+    [(signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 1)],
+    ids=["SIGINT", "SIGINT-twice", "SIGTERM"],
+)
+def test_signal_mid_fit_stops_cleanly_and_leaves_the_job_to_its_lease(
+    db_url: str, sessions: sessionmaker[Session], tmp_path: Path, sig: signal.Signals, times: int
+) -> None:
+    """A second Ctrl-C at once is uvicorn's forced exit: it cancels the
+    lifespan, which printed a CancelledError traceback before
+    `ThermostatApp` read that cancellation as a shutdown."""
+    seed_generations(sessions, 400)
+    with session_scope(sessions) as session:
+        job_id = enqueue_recalibration(session, TASK, JobTrigger.manual)[0].id
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THERMOSTAT_")}
+    env.update(
+        THERMOSTAT_HOME=str(tmp_path / "home"),
+        THERMOSTAT_DATABASE_URL=db_url,
+        THERMOSTAT_WORKER__DEVICE="cpu",
+        THERMOSTAT_WORKER__POLL_INTERVAL_S="0.2",
+        PYTHONUNBUFFERED="1",
+    )
+    out_path, err_path = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-c", CHILD],
+            env=env,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    try:
+        wait_for_output(out_path, FIT_STARTED, process, 60)
+        for _ in range(times):
+            process.send_signal(sig)
+            time.sleep(0.02)
+        started = time.monotonic()
+        rc = process.wait(timeout=EXIT_DEADLINE_S)
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    stderr = err_path.read_text(errors="replace")
+    assert rc in ((0,) if sig == signal.SIGINT else (0, -signal.SIGTERM)), stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert "Finished server process" in stderr, stderr
+    assert took < EXIT_DEADLINE_S
+
+    with session_scope(sessions) as session:
+        job = session.get(RecalibrationJob, job_id)
+        assert job is not None
+        assert (job.status, job.attempts) == ("running", 1), (job.status, job.error)
+        assert job.lease_owner is not None and f":{process.pid}:" in job.lease_owner
+        assert job.lease_expires_at is not None
+        expired_at = job.lease_expires_at + timedelta(seconds=1)
+    with session_scope(sessions) as session:
+        assert requeue_expired(session, now=expired_at) == ([job_id], [])
