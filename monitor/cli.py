@@ -3,7 +3,7 @@
 Each subcommand lives in `monitor.commands.<name>` and is imported only when
 it runs, so `thermostat --help` and the API role stay light. Expected errors
 (`ThermostatError`, a missing file) print one line and exit 1; argparse
-usage errors exit 2.
+usage errors print one line too (`OneLineParser`) and exit 2.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from monitor import __version__
 from monitor.errors import ThermostatError
@@ -30,24 +31,45 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line on stderr, exit 2.
+
+    The contract wants one-line errors from every command; argparse's default
+    prints the whole usage block above the message. `--help` is untouched.
+    Subcommand parsers are built with this class too (`parser_class`), so the
+    whole tree, `thermostat db`'s actions included, behaves the same.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())  # a type's message may span lines
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="thermostat",
         description="Calibration monitoring and recalibration for deployed language models.",
     )
     parser.add_argument("--version", action="version", version=f"thermostat {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser
+    )
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(command_parser)
-        command_parser.set_defaults(handler=module.run)
+        # `parser` lets main() report a stray argument against its command.
+        command_parser.set_defaults(handler=module.run, parser=command_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # parse_args() would blame `thermostat` for `thermostat serve --bogus` and
+    # point at the top-level help; the command's parser names the command.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         result = args.handler(args)
     except ThermostatError as exc:

@@ -30,7 +30,6 @@ stderr; the report goes to stdout.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import TASK_NAME_PATTERN
-from monitor.errors import ConfigError, ThermostatError, first_line
+from monitor.errors import ConfigError, ThermostatError
 
 METHODS = ("temperature", "vector")
 DEVICES = ("auto", "cpu", "cuda")
@@ -106,15 +105,6 @@ def check_task_name(name: str) -> str:
     return name
 
 
-def check_model_dir(model: str) -> Path:
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise ConfigError(f"model path does not exist: {path}")
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"no config.json in {path}: not a transformers model directory")
-    return path
-
-
 def load_examples(path: Path, max_bad_fraction: float) -> list[Any]:
     """The valid examples; each skipped line is reported on stderr with its number."""
     from monitor.calibration.offline import load_calibration_jsonl
@@ -130,22 +120,6 @@ def load_examples(path: Path, max_bad_fraction: float) -> list[Any]:
     for number, problem in problems:
         print(f"{path}:{number}: skipped: {problem}", file=sys.stderr)
     return examples
-
-
-def load_model(path: Path, device: str) -> tuple[Any, Any]:
-    # Local weights only: an offline fit must never reach for a hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto")
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"cannot load the model from {path}: {first_line(exc)}") from None
-    model.to(device)
-    model.eval()
-    return model, tokenizer
 
 
 def collect(model: Any, tokenizer: Any, examples: list[Any], batch_size: int, device: str) -> Any:
@@ -298,6 +272,7 @@ def store(
 def run(args: argparse.Namespace) -> int:
     from monitor.calibration.fitting import resolve_device
     from monitor.calibration.offline_report import format_metrics, format_reliability
+    from monitor.commands.model_server import check_model_dir, load_checked
     from monitor.runtime import open_runtime
     from monitor.settings import load_settings
 
@@ -316,8 +291,9 @@ def run(args: argparse.Namespace) -> int:
     # so a stale schema or a bad URL fails in one line, not after the model run.
     runtime = open_runtime(settings, "worker")
     try:
-        model, tokenizer = load_model(model_dir, device)
-        data = collect(model, tokenizer, examples, args.batch_size, device)
+        # The model server's loader, so both commands name a broken folder alike.
+        engine = load_checked(model_dir, device, args.model)
+        data = collect(engine.model, engine.tokenizer, examples, args.batch_size, device)
         for note in plan.notes:
             print(f"note: {note}", file=sys.stderr)
         aggregator = config.confidence.value

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from monitor.commands.serve import port_number
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     from monitor.serving.model_server.generation import Engine
@@ -25,26 +27,94 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
 
 
+def check_model_dir(model: str) -> Path:
+    """The model folder, if it holds a causal LM config and a tokenizer that work.
+
+    Cheap next to loading the weights, so `calibrate` runs it before opening
+    the database. It names the problem itself: transformers' own messages list
+    every model type it knows, `AutoTokenizer` on an empty config blames the
+    tokenizer backend instead of the config, and with a config but no tokenizer
+    files it quietly builds a tokenizer that turns every prompt into nothing.
+    """
+    from monitor.serving.model_server import check_model_path
+
+    # Local files only, set before transformers loads: never reach for a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    path = check_model_path(model)
+    problem = _config_problem(path) or _tokenizer_problem(path)
+    if problem:
+        raise ConfigError(f"cannot load the model from {path}: {problem}")
+    return path
+
+
+def _config_problem(path: Path) -> str | None:
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return f"config.json is not valid JSON ({exc})"
+    if not isinstance(config, dict):
+        return "config.json is not a JSON object"
+    if "auto_map" in config:
+        return None  # remote code: transformers says why it will not run it
+    model_type = config.get("model_type")
+    if not model_type or not isinstance(model_type, str):
+        return "config.json has no model_type: not a transformers model config"
+    version = _transformers().__version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        return f"config.json: model_type {model_type!r} is unknown to transformers {version}"
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return f"config.json: model_type {model_type!r} is not a causal language model"
+    return None
+
+
+def _tokenizer_problem(path: Path) -> str | None:
+    try:
+        tokenizer: Any = _transformers().AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # `tokenizers` raises a bare Exception on a malformed file
+        return f"the tokenizer does not load: {first_line(exc)}"
+    if not tokenizer.encode("hello world", add_special_tokens=False):
+        return "no usable tokenizer (it encodes text to no tokens; tokenizer.json missing?)"
+    return None
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ConfigError(f"loading a model needs torch and transformers: {exc}") from None
+    return transformers
+
+
 def load(model: str, device: str) -> Engine:
-    """Resolve the device and load the engine before serving, failing in one line.
+    """Check the folder, resolve the device and load the engine, failing in one line.
 
     Loaded in the app's lifespan instead, a broken model folder or a missing
     GPU would end in a traceback from uvicorn's start-up.
     """
-    from monitor.serving.model_server import check_model_path
+    return load_checked(check_model_dir(model), device, model)
+
+
+def load_checked(path: Path, device: str, name: str) -> Engine:
+    """`load` for a folder `check_model_dir` already passed (`calibrate` checks early).
+
+    `calibrate` loads its model here too, so both commands word a failure alike.
+    """
     from monitor.serving.model_server.generation import load_engine, resolve_device
 
-    path = check_model_path(model)
     try:
         resolved = resolve_device(device)
     except ImportError as exc:
-        raise ConfigError(f"model-server needs torch and transformers: {exc}") from None
+        raise ConfigError(f"loading a model needs torch and transformers: {exc}") from None
     except RuntimeError as exc:
         raise ConfigError(str(exc)) from None
     try:
-        return load_engine(str(path), resolved, model)
+        return load_engine(str(path), resolved, name)
     except ImportError as exc:
-        raise ConfigError(f"model-server needs torch and transformers: {exc}") from None
+        raise ConfigError(f"loading a model needs torch and transformers: {exc}") from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         if len(detail) > _MAX_DETAIL:
@@ -53,9 +123,6 @@ def load(model: str, device: str) -> Engine:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Local weights only: never reach for a hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from monitor.logging import setup_logging
     from monitor.serving.model_server import run_model_server
 

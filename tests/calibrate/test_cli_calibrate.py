@@ -22,6 +22,7 @@ from sqlalchemy import select
 from monitor.db.engine import build_engine
 from monitor.db.models import Calibration, Task
 from monitor.db.session import make_session_factory, session_scope
+from tests.support.cli import assert_one_line_error
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOOD_SET = FIXTURES / "calibration_set.jsonl"
@@ -280,6 +281,61 @@ def test_expected_errors_are_one_line_exit_1(
     assert lines[0].startswith("thermostat calibrate: error: ")
     assert expected in lines[0]
     assert not (tmp_path / "home" / "thermostat.db").exists()  # failed before any write
+
+
+BROKEN_MODELS = {
+    # name: (config.json, files copied from the tiny model, expected in the error)
+    "empty-config": ("{}", [], "config.json has no model_type"),
+    "config-not-json": ("{not json", [], "config.json is not valid JSON"),
+    "config-not-object": ("[1]", [], "config.json is not a JSON object"),
+    "unknown-model-type": (
+        '{"model_type": "nosuchmodel"}',
+        [],
+        "config.json: model_type 'nosuchmodel' is unknown to transformers",
+    ),
+    "not-causal": (
+        '{"model_type": "t5"}',
+        [],
+        "config.json: model_type 't5' is not a causal language model",
+    ),
+    "no-tokenizer": (None, ["model.safetensors"], "no usable tokenizer"),
+    "bad-tokenizer": (None, ["tokenizer_config.json"], "the tokenizer does not load"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_MODELS))
+def test_broken_model_folder_names_the_real_problem(
+    env: dict[str, str], tmp_path: Path, tiny_model: Path, case: str
+) -> None:
+    """Each is one line naming its cause, before the database is opened.
+
+    An empty config.json used to be reported as a tokenizer backend failure, and
+    a folder without tokenizer files loaded an empty tokenizer without a word.
+    """
+    config, copied, expected = BROKEN_MODELS[case]
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config_text = (tiny_model / "config.json").read_text() if config is None else config
+    (folder / "config.json").write_text(config_text)
+    for name in copied:
+        (folder / name).write_bytes((tiny_model / name).read_bytes())
+    if case == "bad-tokenizer":
+        (folder / "tokenizer.json").write_text('{"model": {"type": "Nope"}}')
+    result = thermostat("--task", "qa", "--model", str(folder), "--data", str(GOOD_SET), env=env)
+    assert_one_line_error(result, "calibrate", f"cannot load the model from {folder}: {expected}")
+    assert not (tmp_path / "home" / "thermostat.db").exists()
+
+
+def test_missing_weights_are_one_line(
+    env: dict[str, str], tmp_path: Path, tiny_model: Path
+) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for source in tiny_model.iterdir():
+        if source.name != "model.safetensors":
+            (folder / source.name).write_bytes(source.read_bytes())
+    result = thermostat("--task", "qa", "--model", str(folder), "--data", str(GOOD_SET), env=env)
+    assert_one_line_error(result, "calibrate", "no file named model.safetensors")
 
 
 @pytest.mark.postgres

@@ -6,11 +6,15 @@ import subprocess
 
 
 def assert_one_line_error(
-    result: subprocess.CompletedProcess[str], command: str, expected: str
+    result: subprocess.CompletedProcess[str], command: str, expected: str, *, returncode: int = 1
 ) -> None:
-    """Exit 1 and one stderr line, `thermostat <command>: error: ...`, with no traceback."""
-    assert result.returncode == 1, result.stderr
+    """One stderr line, `thermostat <command>: error: ...`, with no traceback.
+
+    Expected errors exit 1; argparse usage errors pass `returncode=2`.
+    """
+    assert result.returncode == returncode, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"thermostat {command}: error: ") and expected in lines[0]
+    prefix = f"thermostat {command}: error: " if command else "thermostat: error: "
+    assert lines[0].startswith(prefix) and expected in lines[0], lines[0]
