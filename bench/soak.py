@@ -4,10 +4,13 @@ Starts `thermostat serve` (all roles, embedded SQLite unless --database-url)
 in a child process in front of the test suite's fake upstream, sends chat
 completions at `--rate` per second for `--minutes`, posts feedback on every
 `--feedback-every`-th answer, lets the scheduler evaluate every
-`--evaluate-interval` seconds, and samples the child's RSS (from /proc) and
-the recorder's queue depth and spool bytes (from /metrics) every `--sample`
-seconds. Prints the samples, then least-squares slopes over the second half
-(after warm-up): a leak shows as a steady positive RSS slope.
+`--evaluate-interval` seconds, and samples every `--sample` seconds the RSS
+(from /proc) of the sidecar and of each process it started (the recorder's
+writer process, multiprocessing's resource tracker), separately and in
+total, and the recorder's queue depth and spool bytes (from /metrics).
+Prints the samples, then least-squares slopes over the second half (after
+warm-up): a leak shows as a steady positive RSS slope, in the sidecar or in
+a child.
 
     .venv/bin/python bench/soak.py --minutes 10
     .venv/bin/python bench/soak.py --minutes 3 --rate 20
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +47,8 @@ ADMIN_TOKEN = "soak-admin"
 @dataclass
 class Sample:
     elapsed_s: float
-    rss_mb: float
+    rss_mb: float  # the sidecar process itself
+    children_mb: dict[str, float]  # its descendants' RSS by kind (see child_kind)
     queue_depth: float
     spool_bytes: float
     sent: int
@@ -51,11 +56,70 @@ class Sample:
     errors: int
     feedback: int
 
+    @property
+    def children_total_mb(self) -> float:
+        return sum(self.children_mb.values())
+
+    @property
+    def total_mb(self) -> float:
+        return self.rss_mb + self.children_total_mb
+
 
 def rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
     return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def child_rss(kind: str) -> Callable[[Sample], float]:
+    """A sample's RSS for one kind of child (0 while none of that kind runs)."""
+    return lambda sample: sample.children_mb.get(kind, 0.0)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, their children, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited while we looked
+            continue
+        # pid (comm) state ppid ...; comm may hold spaces and parentheses
+        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return sorted(found)
+
+
+def child_kind(pid: int) -> str:
+    """What a child of the sidecar is, from its command line."""
+    cmdline = (
+        Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    )
+    if "resource_tracker" in cmdline:
+        return "resource tracker"
+    if "spawn_main" in cmdline or "--multiprocessing-fork" in cmdline:
+        return "writer"  # the sidecar's only spawned worker: the recorder's writer process
+    return Path(cmdline.split(" ", 1)[0]).name or f"pid {pid}"
+
+
+def children_rss_mb(pid: int) -> dict[str, float]:
+    """RSS of the sidecar's descendants, summed per kind (a restarted writer is one kind)."""
+    by_kind: dict[str, float] = {}
+    for child in descendants(pid):
+        try:
+            kind, rss = child_kind(child), rss_mb(child)
+        except OSError:
+            continue
+        if rss == rss:  # a zombie has no VmRSS
+            by_kind[kind] = by_kind.get(kind, 0.0) + rss
+    return by_kind
 
 
 def metric(text: str, name: str) -> float:
@@ -188,14 +252,18 @@ def main() -> None:
                             Sample(
                                 now - started,
                                 rss_mb(process.pid),
+                                children_rss_mb(process.pid),
                                 metric(text, "thermostat_recorder_queue_depth"),
                                 metric(text, "thermostat_recorder_spool_bytes"),
                                 **snap,
                             )
                         )
                         s = samples[-1]
+                        kids = ", ".join(f"{k} {v:.1f}" for k, v in sorted(s.children_mb.items()))
                         print(
                             f"{s.elapsed_s:7.0f} s  rss {s.rss_mb:7.1f} MB"
+                            f"  children {s.children_total_mb:6.1f} MB ({kids or 'none'})"
+                            f"  total {s.total_mb:7.1f} MB"
                             f"  queue {s.queue_depth:5.0f}  spool {s.spool_bytes:6.0f} B"
                             f"  sent {s.sent:6d}  ok {s.ok:6d}"
                             f"  err {s.errors:4d}  feedback {s.feedback:6d}",
@@ -215,9 +283,10 @@ def main() -> None:
             process.wait(timeout=60)
             log.close()
 
+    if not samples:
+        raise SystemExit(f"no samples taken; log: {home / 'serve.log'}")
     half = [s for s in samples if s.elapsed_s >= samples[-1].elapsed_s / 2]
     xs = [s.elapsed_s / 60 for s in half]
-    rss_slope = slope(xs, [s.rss_mb for s in half])
     queue_slope = slope(xs, [s.queue_depth for s in half])
     first, last = samples[0], samples[-1]
     achieved = last.sent / last.elapsed_s if last.elapsed_s else 0.0
@@ -231,10 +300,19 @@ def main() -> None:
     print()
     print("| | first sample | last sample | max | slope over 2nd half |")
     print("|---|---|---|---|---|")
-    print(
-        f"| RSS (MB) | {first.rss_mb:.1f} | {last.rss_mb:.1f} "
-        f"| {max(s.rss_mb for s in samples):.1f} | {rss_slope:+.2f} MB/min |"
-    )
+    kinds = sorted({kind for s in samples for kind in s.children_mb})
+    rows: list[tuple[str, Callable[[Sample], float]]] = [("RSS (MB), sidecar", lambda s: s.rss_mb)]
+    rows += [(f"RSS (MB), {kind}", child_rss(kind)) for kind in kinds]
+    rows += [
+        ("RSS (MB), children", lambda s: s.children_total_mb),
+        ("RSS (MB), total", lambda s: s.total_mb),
+    ]
+    for label, value in rows:
+        print(
+            f"| {label} | {value(first):.1f} | {value(last):.1f} "
+            f"| {max(value(s) for s in samples):.1f} "
+            f"| {slope(xs, [value(s) for s in half]):+.2f} MB/min |"
+        )
     print(
         f"| queue depth | {first.queue_depth:.0f} | {last.queue_depth:.0f} "
         f"| {max(s.queue_depth for s in samples):.0f} | {queue_slope:+.2f} /min |"
