@@ -24,20 +24,6 @@ from monitor.db.models import RecalibrationJob
 from monitor.db.models.enums import JobStatus
 from monitor.db.types import utcnow
 from monitor.jobs import repository
-from monitor.jobs.repository import heartbeat, job_task, lock_owned, requeue_expired
-
-__all__ = [
-    "ClaimedJob",
-    "claim_job",
-    "finish",
-    "heartbeat",
-    "job_task",
-    "lock_owned",
-    "new_lease_owner",
-    "requeue_expired",
-    "retry_delay",
-    "retry_or_fail",
-]
 
 RETRY_BACKOFF_BASE_S = 5.0
 RETRY_BACKOFF_MAX_S = 300.0

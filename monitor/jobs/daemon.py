@@ -9,7 +9,7 @@ and uvicorn's teardown as a CancelledError or "Event loop is closed"
 traceback. SIGTERM never waited (uvicorn re-raises it with the default
 action). A daemon thread ends with the process, as a fit under SIGTERM or
 SIGKILL does: the job keeps its lease, and when the lease expires any worker
-re-queues it (`claim.requeue_expired`).
+re-queues it (`repository.requeue_expired`).
 
 Short database calls (claim, heartbeat) still use `asyncio.to_thread`.
 """

@@ -30,6 +30,7 @@ from monitor.db.models.enums import CalibrationStatus, JobStatus
 from monitor.db.session import session_scope
 from monitor.db.types import as_json, utcnow
 from monitor.jobs import claim
+from monitor.jobs import repository as jobs_repository
 from monitor.jobs.claim import ClaimedJob
 from monitor.jobs.daemon import Interrupted
 from monitor.settings import Settings
@@ -197,7 +198,7 @@ def _finish_without_fit(
     timings: dict[str, float],
 ) -> JobOutcome:
     with session_scope(sessions) as session:
-        row = claim.lock_owned(session, job.id, job.owner)
+        row = jobs_repository.lock_owned(session, job.id, job.owner)
         if row is None:
             raise LeaseLost(f"job {job.id}: lease lost before finishing")
         result = {"accepted": False, "reason": reason, "n_samples": len(inputs.rows), **timings}
@@ -223,7 +224,7 @@ def _store_outcome(
 ) -> JobOutcome:
     """One transaction: the lease check, the version, activation or rejection, events."""
     with session_scope(sessions) as session:
-        row = claim.lock_owned(session, job.id, job.owner)
+        row = jobs_repository.lock_owned(session, job.id, job.owner)
         if row is None:
             raise LeaseLost(f"job {job.id}: lease lost during the fit; result discarded")
         before = {**as_json(result.before), "temperature": result.current_temperature}
@@ -315,7 +316,7 @@ def record_failure(sessions: sessionmaker[Session], job: ClaimedJob, error: str)
     someone else's now.
     """
     with session_scope(sessions) as session:
-        row = claim.lock_owned(session, job.id, job.owner)
+        row = jobs_repository.lock_owned(session, job.id, job.owner)
         if row is None:
             return False
         failed = claim.retry_or_fail(row, error[:4000])
@@ -331,13 +332,13 @@ def record_failure(sessions: sessionmaker[Session], job: ClaimedJob, error: str)
 def fail_expired(sessions: sessionmaker[Session]) -> tuple[list[int], list[int]]:
     """Re-queue jobs whose worker died; fail those out of attempts (with the event)."""
     with session_scope(sessions) as session:
-        requeued, failed = claim.requeue_expired(session)
+        requeued, failed = jobs_repository.requeue_expired(session)
         for job_id in failed:
             emit_event(
                 session,
                 "recalibration.failed",
                 {
-                    "task": claim.job_task(session, job_id),
+                    "task": jobs_repository.job_task(session, job_id),
                     "job_id": job_id,
                     "error": "the worker's lease expired at the last attempt",
                 },

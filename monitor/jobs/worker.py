@@ -21,7 +21,7 @@ import traceback
 
 from monitor.calibrations import service as calibrations
 from monitor.db.session import session_scope
-from monitor.jobs import claim
+from monitor.jobs import claim, repository
 from monitor.jobs.claim import ClaimedJob
 from monitor.jobs.daemon import Interrupted, run_in_daemon_thread
 from monitor.jobs.recalibration import JobOutcome, LeaseLost, fail_expired, record_failure, run_job
@@ -132,7 +132,7 @@ class WorkerService:
 
     def _beat(self, job: ClaimedJob) -> bool:
         with session_scope(self.runtime.sessions) as session:
-            return claim.heartbeat(session, job.id, job.owner, self.settings.lease_s)
+            return repository.heartbeat(session, job.id, job.owner, self.settings.lease_s)
 
     async def _rescore_one(self) -> bool:
         pending = await asyncio.to_thread(self._pending_rescores)

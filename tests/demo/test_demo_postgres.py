@@ -23,19 +23,16 @@ from sqlalchemy.engine import make_url
 from monitor.db.engine import build_engine
 from monitor.db.models import Calibration, Generation, RecalibrationJob, Task, Webhook
 from tests.demo.test_demo import assert_loop_closed, demo_home, run_demo
-from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_url
+from tests.support.databases import database_from, postgres_url
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def database() -> Iterator[str]:
+def database(tmp_path: Path) -> Iterator[str]:
     """A fresh, empty (never migrated) Postgres database: the demo migrates it."""
-    name = create_postgres_database()
-    try:
-        yield postgres_url(name)
-    finally:
-        drop_postgres_database(name)
+    with database_from("postgres", None, tmp_path) as url:
+        yield url
 
 
 # Two demo runs: about 60 s on a quiet 2-core machine, 5 minutes on a busy one.

@@ -15,7 +15,6 @@ import datetime as dt
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from monitor.db.models import (
     Webhook,
 )
 from tests.deploy.manifests import OPERATIONS
+from tests.support.cli import run_thermostat
 from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_url
 
 COMMAND_STARTS = ("pg_dump ", "pg_restore ", "psql ", "sqlite3 ", "cp ")
@@ -64,18 +64,6 @@ def shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
     )
     assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
     return done
-
-
-def thermostat(env: dict[str, str], *argv: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "monitor", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, f"thermostat {' '.join(argv)}: {done.stdout}{done.stderr}"
-    return done.stdout
 
 
 def clean_env(**values: str) -> dict[str, str]:
@@ -155,8 +143,8 @@ def assert_holds_the_rows(restored: dict[str, Any], original: dict[str, Any]) ->
 
 
 def assert_schema_happy(env: dict[str, str], revision: str) -> None:
-    assert thermostat(env, "db", "current").split() == [revision, "(head)"]
-    assert "no drift" in thermostat(env, "db", "check")
+    assert run_thermostat(env, "db", "current").split() == [revision, "(head)"]
+    assert "no drift" in run_thermostat(env, "db", "check")
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from tests.deploy.manifests import documented_block, setting_for
-from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_url
+from tests.support.cli import run_thermostat
+from tests.support.databases import database_from
 
 pytestmark = pytest.mark.postgres
 
@@ -68,12 +69,9 @@ def adapt(argv: list[str]) -> tuple[list[str], int | None]:
 
 
 @pytest.fixture
-def database() -> Iterator[str]:
-    name = create_postgres_database()
-    try:
-        yield postgres_url(name)
-    finally:
-        drop_postgres_database(name)
+def database(tmp_path: Path) -> Iterator[str]:
+    with database_from("postgres", None, tmp_path) as url:
+        yield url
 
 
 def test_the_block_is_what_this_test_expects() -> None:
@@ -119,14 +117,7 @@ def test_documented_commands_run_each_role_as_its_own_process(
         for argv in commands:
             argv, port = adapt(argv)
             if port is None:
-                done = subprocess.run(
-                    [sys.executable, "-m", "monitor", *argv],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                )
-                assert done.returncode == 0, f"thermostat {' '.join(argv)}: {done.stderr}"
+                run_thermostat(env, *argv)
                 continue
             role = argv[argv.index("--role") + 1]
             log = tmp_path / f"{role}.log"

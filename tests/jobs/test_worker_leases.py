@@ -16,9 +16,10 @@ from monitor.db.models import Generation, RecalibrationJob
 from monitor.db.models.enums import JobStatus, JobTrigger
 from monitor.db.session import session_scope
 from monitor.db.types import utcnow
-from monitor.jobs.claim import ClaimedJob, claim_job, heartbeat, new_lease_owner
+from monitor.jobs.claim import ClaimedJob, claim_job, new_lease_owner
 from monitor.jobs.queue import enqueue_recalibration
 from monitor.jobs.recalibration import LeaseLost, fail_expired, run_job
+from monitor.jobs.repository import heartbeat
 from monitor.jobs.worker import WorkerService
 from monitor.runtime import open_runtime
 from monitor.settings import Settings

@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.db.models import RecalibrationJob
 from monitor.db.models.enums import JobTrigger
 from monitor.db.session import session_scope
-from monitor.jobs.claim import requeue_expired
 from monitor.jobs.queue import enqueue_recalibration
+from monitor.jobs.repository import requeue_expired
 from tests.jobs.support import TASK, seed_generations
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,8 +1,23 @@
-"""What every command's expected error must look like (CONTRACT.md, "Command line")."""
+"""Running `thermostat` in tests, and what every command's expected error must look like
+(CONTRACT.md, "Command line")."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
+
+
+def run_thermostat(env: dict[str, str], *argv: str) -> str:
+    """`python -m monitor ARGV` in `env`, which must succeed; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, f"thermostat {' '.join(argv)}: {done.stdout}{done.stderr}"
+    return done.stdout
 
 
 def assert_one_line_error(
