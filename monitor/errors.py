@@ -8,11 +8,32 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
 
 def first_line(exc: BaseException) -> str:
     """An exception as one line (its message's first), for one-line errors and logs."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+_SECRET_QUERY = re.compile(r"((?:^|[?&;])[^=&;]*(?:pass|secret|token)[^=&;]*=)[^&;#]*", re.I)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password (and `?password=`) masked, so an error line does not leak it.
+
+    The credentials end at the last `@` before the query: a password may hold
+    an unescaped `/`, which a split at the first `/` would leave in the clear.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:  # not a URL at all: still no user:password@ in an error line
+        scheme, rest = "", url
+    before, mark, query = rest.partition("?")
+    if "@" in before:
+        before = "***@" + before.rpartition("@")[2]
+    query = _SECRET_QUERY.sub(r"\1***", query)
+    return f"{scheme}{sep}{before}{mark}{query}"
 
 
 class ThermostatError(Exception):

@@ -9,7 +9,6 @@ example `THERMOSTAT_WORKER__DEVICE=cpu`.
 from __future__ import annotations
 
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +18,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from monitor.config import ConfigFile, TaskConfig, describe_validation_error, load_config_file
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, redact_url
 
 ENV_PREFIX = "THERMOSTAT_"
 
@@ -227,25 +226,6 @@ def check_http_url(value: str) -> str:
     if parts.query or parts.fragment or "?" in value or "#" in value:
         raise ValueError(f"must not have a query or fragment, got {shown!r}")
     return value.rstrip("/")
-
-
-_SECRET_QUERY = re.compile(r"((?:^|[?&;])[^=&;]*(?:pass|secret|token)[^=&;]*=)[^&;#]*", re.I)
-
-
-def redact_url(url: str) -> str:
-    """The URL with any user:password (and `?password=`) masked, so an error line does not leak it.
-
-    The credentials end at the last `@` before the query: a password may hold
-    an unescaped `/`, which a split at the first `/` would leave in the clear.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:  # not a URL at all: still no user:password@ in an error line
-        scheme, rest = "", url
-    before, mark, query = rest.partition("?")
-    if "@" in before:
-        before = "***@" + before.rpartition("@")[2]
-    query = _SECRET_QUERY.sub(r"\1***", query)
-    return f"{scheme}{sep}{before}{mark}{query}"
 
 
 def cached_config_file(path: Path) -> ConfigFile:

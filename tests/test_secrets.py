@@ -23,8 +23,8 @@ from monitor.alerting.schemas import WebhookCreate
 from monitor.app import create_app
 from monitor.config import ConfigFile, WebhookConfig, load_config_file
 from monitor.db.engine import build_engine
-from monitor.errors import ConfigError
-from monitor.settings import Settings, load_settings, redact_url
+from monitor.errors import ConfigError, redact_url
+from monitor.settings import Settings, load_settings
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"webhook-marker-0451-secret").decode()
 DB_PASSWORD = "dbpw-marker-0451"

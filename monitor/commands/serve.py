@@ -6,10 +6,10 @@ import argparse
 import logging
 
 from monitor.auth import is_loopback
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, redact_url
 from monitor.logging import setup_logging
 from monitor.runtime import ROLES
-from monitor.settings import Settings, load_settings, redact_url
+from monitor.settings import Settings, load_settings
 
 log = logging.getLogger("monitor.serve")
 

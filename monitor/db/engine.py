@@ -16,8 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from monitor.errors import ConfigError
-from monitor.settings import redact_url
+from monitor.errors import ConfigError, redact_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_STATEMENT_TIMEOUT_MS = 60_000

@@ -7,13 +7,12 @@ receivers are removed; anything else in the database is left alone.
 from __future__ import annotations
 
 from sqlalchemy import delete, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.db.engine import build_engine
 from monitor.db.migrate import current_revision, upgrade
 from monitor.db.models import Feedback, Generation, Task, Webhook
-from monitor.errors import DatabaseError, first_line
+from monitor.errors import DatabaseError, first_line, redact_url
 
 
 def reset_postgres(url: str, tasks: list[str]) -> None:
@@ -28,7 +27,6 @@ def reset_postgres(url: str, tasks: list[str]) -> None:
             conn.execute(delete(Task).where(Task.name.in_(tasks)))  # cascades
             conn.execute(delete(Webhook).where(Webhook.url.like("%/demo-hooks")))
     except SQLAlchemyError as exc:  # unreachable, refused, no such database: say so
-        shown = make_url(url).render_as_string(hide_password=True)
-        raise DatabaseError(f"demo database {shown}: {first_line(exc)}") from None
+        raise DatabaseError(f"demo database {redact_url(url)}: {first_line(exc)}") from None
     finally:
         engine.dispose()
