@@ -159,6 +159,15 @@ def postgres_pair() -> Iterator[tuple[str, str]]:
 
 
 @pytest.mark.postgres
+def migrated_with_rows(engine: Engine) -> tuple[str, dict[str, list[tuple[Any, ...]]]]:
+    """Migrate to head and add the rows: the head revision and every table's contents."""
+    migrate.upgrade(engine)
+    revision = migrate.current_revision(engine)
+    assert revision is not None
+    add_rows(engine)
+    return revision, contents(engine)
+
+
 def test_postgres_backup_and_restore_as_documented(
     postgres_pair: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -169,11 +178,7 @@ def test_postgres_backup_and_restore_as_documented(
 
     source = build_engine(source_url)
     try:
-        migrate.upgrade(source)
-        revision = migrate.current_revision(source)
-        assert revision is not None
-        add_rows(source)
-        original = contents(source)
+        revision, original = migrated_with_rows(source)
     finally:
         source.dispose()
 
@@ -214,11 +219,7 @@ def test_sqlite_backup_and_restore_as_documented(tmp_path: Path) -> None:
 
     engine = build_engine(f"sqlite:///{live}")
     try:
-        migrate.upgrade(engine)
-        revision = migrate.current_revision(engine)
-        assert revision is not None
-        add_rows(engine)
-        original = contents(engine)
+        revision, original = migrated_with_rows(engine)
         # The server is running: its connection is open and the rows are still in the
         # write-ahead log, which is what a plain `cp` of the file would miss.
         with engine.connect():
