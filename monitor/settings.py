@@ -53,6 +53,10 @@ class RecorderSettings(_Section):
     # path's (a nice increment, 0 to 19): on a busy host the scheduler then runs
     # the event loop first, and the writer catches up when a core is free.
     writer_nice: int = Field(default=10, ge=0, le=19)
+    # How long a starting api process waits for another process's lock on the
+    # same spool folder (an old process still flushing during a restart) before
+    # it refuses to start.
+    spool_claim_wait_s: float = Field(default=10.0, ge=0)
 
 
 class SchedulerSettings(_Section):

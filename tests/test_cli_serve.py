@@ -252,9 +252,12 @@ def test_api_role_skips_the_device_check_and_never_imports_torch(env: dict[str, 
 
 def test_serve_refuses_a_spool_another_process_uses(env: dict[str, str], tmp_path: Path) -> None:
     env.update(THERMOSTAT_ADMIN_TOKEN="a", THERMOSTAT_FEEDBACK_TOKEN="f")  # no warning line
+    env["THERMOSTAT_RECORDER__SPOOL_CLAIM_WAIT_S"] = "1.5"
     spool = tmp_path / "home" / "spool"
+    started = time.monotonic()
     with spool_held_elsewhere(spool):
         result = thermostat("serve", "--port", str(free_port()), env=env)
+    assert time.monotonic() - started >= 1.5  # it waited as long as it was told
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"thermostat serve: error: another thermostat process is using the spool at "

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
         # Held until this process exits (the recorder's own claim shares it): a
         # second process on this spool is refused here, in one line.
-        claim_spool(settings.spool_dir)
+        claim_spool(settings.spool_dir, settings.recorder.spool_claim_wait_s)
     log.info(
         "thermostat %s on http://%s:%d (database %s)",
         args.role,

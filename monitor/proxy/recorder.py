@@ -80,7 +80,7 @@ class Recorder:
         self.sessions = sessions
         self.metrics = metrics
         self._process: WriterProcess | None = None
-        self._claim: SpoolClaim = claim_spool(spool_dir)
+        self._claim: SpoolClaim = claim_spool(spool_dir, settings.spool_claim_wait_s)
         try:
             self.spool = Spool(spool_dir, settings.spool_max_bytes)
         except BaseException:

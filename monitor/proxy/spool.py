@@ -52,7 +52,6 @@ FEEDBACK = "feedback"
 Entry = tuple[str, dict[str, Any]]
 
 LOCK_NAME = ".lock"
-CLAIM_WAIT_S = 10.0
 _CLAIM_POLL_S = 0.1
 
 
@@ -95,8 +94,8 @@ class SpoolClaim:
                 os.close(held.fd)
 
 
-def claim_spool(directory: Path, wait_s: float | None = None) -> SpoolClaim:
-    """Lock `directory` for this process, waiting up to `wait_s` (`CLAIM_WAIT_S`) for another.
+def claim_spool(directory: Path, wait_s: float) -> SpoolClaim:
+    """Lock `directory` for this process, waiting up to `wait_s` for another to let go.
 
     Raises `SpoolInUse` (one line, what to do) if another process still holds it.
     """
@@ -107,7 +106,7 @@ def claim_spool(directory: Path, wait_s: float | None = None) -> SpoolClaim:
         if held is not None:
             held.claims += 1
         else:
-            _held[key] = _Held(_lock(key, CLAIM_WAIT_S if wait_s is None else wait_s), 1)
+            _held[key] = _Held(_lock(key, wait_s), 1)
     return SpoolClaim(key)
 
 

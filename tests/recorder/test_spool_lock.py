@@ -19,7 +19,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
-from monitor.proxy import spool as spool_module
 from monitor.proxy.metrics import ProxyMetrics
 from monitor.proxy.recorder import Recorder
 from monitor.proxy.spool import SpoolInUse, claim_spool
@@ -96,11 +95,11 @@ def test_the_recorder_holds_its_spool_until_it_stops(
 
 
 def test_a_recorder_is_refused_a_spool_another_process_holds(
-    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(spool_module, "CLAIM_WAIT_S", 0.3)
     spool_dir = tmp_path / "spool"
+    settings = RecorderSettings(spool_claim_wait_s=0.3)
     with spool_held_elsewhere(spool_dir), pytest.raises(SpoolInUse, match="THERMOSTAT_HOME"):
-        Recorder(RecorderSettings(), sessions, spool_dir, ProxyMetrics(CollectorRegistry()))
+        Recorder(settings, sessions, spool_dir, ProxyMetrics(CollectorRegistry()))
     recorder = Recorder(RecorderSettings(), sessions, spool_dir, ProxyMetrics(CollectorRegistry()))
     asyncio.run(recorder.stop())  # once the other process is gone, it is free
