@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calibration monitoring and recalibration for deployed language models.",
     )
     parser.add_argument("--version", action="version", version=f"thermostat {__version__}")
-    sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser
-    )
+    # Not `required`: argparse would report a missing COMMAND before an unknown
+    # option (`thermostat --bogus`); main() checks both, unknown options first.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -68,8 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # parse_args() would blame `thermostat` for `thermostat serve --bogus` and
     # point at the top-level help; the command's parser names the command.
     args, unknown = parser.parse_known_args(argv)
+    command_parser = getattr(args, "parser", parser)
     if unknown:
-        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.error("the following arguments are required: COMMAND")
     try:
         result = args.handler(args)
     except ThermostatError as exc:

@@ -18,6 +18,8 @@ from tests.support.cli import assert_one_line_error
 CASES = [
     ([], "", "the following arguments are required: COMMAND"),
     (["bogus"], "", "argument COMMAND: invalid choice: 'bogus'"),
+    (["--bogus"], "", "unrecognized arguments: --bogus"),
+    (["--bogus", "serve"], "serve", "unrecognized arguments: --bogus"),
     (["serve", "--role", "nope"], "serve", "argument --role: invalid choice: 'nope'"),
     (["serve", "--bogus"], "serve", "unrecognized arguments: --bogus"),
     (["serve", "--port", "eighty"], "serve", "argument --port: not a port number: 'eighty'"),
