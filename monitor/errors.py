@@ -9,6 +9,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 
 def first_line(exc: BaseException) -> str:
@@ -34,6 +35,22 @@ def redact_url(url: str) -> str:
         before = "***@" + before.rpartition("@")[2]
     query = _SECRET_QUERY.sub(r"\1***", query)
     return f"{scheme}{sep}{before}{mark}{query}"
+
+
+def redact_endpoint(url: str) -> str:
+    """A webhook URL as it may be shown: its scheme and host, the rest masked.
+
+    Chat and automation services (Slack, Discord, Teams, Make) put the
+    endpoint's credential in the path or the query, so where a URL is shown
+    rather than used (log lines, the dashboard) only the host is kept; the
+    webhook's id and description tell endpoints on one host apart.
+    """
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return "***"
+    host = parts.netloc.rpartition("@")[2]  # user:password@ dropped
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment
+    return f"{parts.scheme}://{host}" + ("/***" if hidden else "")
 
 
 class ThermostatError(Exception):

@@ -23,7 +23,7 @@ from monitor.alerting.schemas import WebhookCreate
 from monitor.app import create_app
 from monitor.config import ConfigFile, WebhookConfig, load_config_file
 from monitor.db.engine import build_engine
-from monitor.errors import ConfigError, redact_url
+from monitor.errors import ConfigError, redact_endpoint, redact_url
 from monitor.settings import Settings, load_settings
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"webhook-marker-0451-secret").decode()
@@ -170,6 +170,23 @@ def test_engine_errors_mask_the_password(url: str) -> None:
     assert_no_secret(redact_url(url))
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.slack.com/services/T000/B000/XXXXSECRET", "https://hooks.slack.com/***"),
+        ("https://discord.com/api/webhooks/1/SECRET", "https://discord.com/***"),
+        ("https://hook.eu1.make.com/SECRET", "https://hook.eu1.make.com/***"),
+        ("https://example.com/hook?token=SECRET", "https://example.com/***"),
+        ("https://example.com?SECRET", "https://example.com/***"),
+        ("https://user:SECRET@example.com:8443/", "https://example.com:8443"),
+        ("http://[::1]:9000", "http://[::1]:9000"),
+        ("not a url SECRET", "***"),
+    ],
+)
+def test_a_webhook_url_is_shown_as_its_host(url: str, shown: str) -> None:
+    assert redact_endpoint(url) == shown
+
+
 def test_redact_url_keeps_what_helps() -> None:
     assert redact_url(PG_URL) == "postgresql+psycopg://***@db.internal:5432/thermostat"
     assert redact_url("postgresql://u:a/b@h/d") == "postgresql://***@h/d"
@@ -206,7 +223,8 @@ def test_start_up_logs_admin_api_and_dashboard_never_show_secrets(
         login = client.post("/dashboard/login", data={"token": ADMIN_TOKEN})
         assert login.status_code == 200
         page = client.get("/dashboard/webhooks")
-        assert page.status_code == 200 and "127.0.0.1:9/hook" in page.text
+        assert page.status_code == 200 and "http://127.0.0.1:9/***" in page.text
+        assert "/hook" not in page.text  # the path may be the endpoint's credential
         assert_no_secret(listing.text, page.text)
     assert caplog.records, "start-up logged nothing: the check would be empty"
     assert_no_secret(caplog.text, *(r.getMessage() for r in caplog.records))

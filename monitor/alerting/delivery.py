@@ -29,6 +29,7 @@ from monitor.alerting import repository
 from monitor.db.models import Webhook, WebhookAttempt, WebhookDelivery
 from monitor.db.models.enums import DeliveryStatus
 from monitor.db.types import utcnow
+from monitor.errors import redact_endpoint
 from monitor.settings import Settings, WebhookDeliverySettings
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def deliver_one(
             log.warning(
                 "webhook.disabled: endpoint %s (%s) after %d consecutive failures; last: %s",
                 hook.id,
-                hook.url,
+                redact_endpoint(hook.url),
                 hook.consecutive_failures,
                 error,
                 extra={"event": "webhook.disabled", "webhook_id": hook.id},

@@ -28,7 +28,7 @@ from monitor.dashboard.session import (
     pop_flash,
     signing_key,
 )
-from monitor.errors import ThermostatError
+from monitor.errors import ThermostatError, redact_endpoint
 
 HERE = Path(__file__).parent
 DASH = "\u2013"  # shown for missing values
@@ -83,7 +83,9 @@ def pct(value: float | None, digits: int = 1) -> str:
 @lru_cache(maxsize=1)
 def templates() -> Jinja2Templates:
     env = Jinja2Templates(directory=str(HERE / "templates"))
-    env.env.filters.update(when=when, ago=ago, num=num, pct=pct, short_id=short_id)
+    env.env.filters.update(
+        when=when, ago=ago, num=num, pct=pct, short_id=short_id, endpoint=redact_endpoint
+    )
     env.env.trim_blocks = True
     env.env.lstrip_blocks = True
     return env

@@ -131,9 +131,11 @@ def test_bad_secret_fails_its_own_delivery_not_the_batch(
         assert rows[good_id].status == "delivered"
 
 
-def test_receiver_down_records_attempts_and_disables_endpoint(runtime: Runtime) -> None:
+def test_receiver_down_records_attempts_and_disables_endpoint(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
     with session_scope(runtime.sessions) as session:
-        hook = create_webhook(session, "http://127.0.0.1:9/down", ["alert.firing"])
+        hook = create_webhook(session, "http://127.0.0.1:9/down-SECRET", ["alert.firing"])
         for i in range(2):
             emit_event(session, "alert.firing", {"rule": "r", "task": f"t{i}"})
     now = utcnow()
@@ -150,6 +152,9 @@ def test_receiver_down_records_attempts_and_disables_endpoint(runtime: Runtime) 
         assert "4 consecutive" in (endpoint.disabled_reason or "")
         assert sum(r.attempts for r in rows) == 4
         enable_webhook(session, hook.id)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("webhook.")]
+    assert line.startswith(f"webhook.disabled: endpoint {hook.id} (http://127.0.0.1:9/***) after 4")
+    assert "SECRET" not in caplog.text
     with session_scope(runtime.sessions) as session:
         endpoint = session.get(Webhook, hook.id)
         assert endpoint is not None and endpoint.enabled and endpoint.consecutive_failures == 0
