@@ -36,6 +36,11 @@ class ProxySettings(_Section):
     read_timeout_s: float = Field(default=120.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # How long an idle client connection stays open. Longer than what sits in
+    # front (a load balancer's idle timeout, 60 s on AWS ALB; httpx's and the
+    # openai SDK's 5 s): a server that closes first races the client's next
+    # request on that connection, which fails (a 502 through a load balancer).
+    keep_alive_s: int = Field(default=75, ge=1)
 
 
 class RecorderSettings(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
@@ -72,9 +73,28 @@ def test_serve_on_embedded_sqlite_is_ready(env: dict[str, str], tmp_path: Path) 
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
         assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
         assert (tmp_path / "home" / "thermostat.db").exists()
+        assert_idle_connection_kept(port, idle_s=6.5)
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def assert_idle_connection_kept(port: int, idle_s: float) -> None:
+    """A keep-alive connection idle longer than uvicorn's own 5 s default still serves.
+
+    A server that closes idle connections before its clients (httpx and the
+    openai SDK keep them 5 s, load balancers 60 s) races their next request.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() == b'{"status":"ok"}'
+        sock = connection.sock
+        time.sleep(idle_s)
+        connection.request("GET", "/healthz")  # on the same socket: a closed one raises
+        assert connection.getresponse().status == 200 and connection.sock is sock
+    finally:
+        connection.close()
 
 
 def test_serve_refuses_unmigrated_postgres_until_db_upgrade(

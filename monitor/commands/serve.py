@@ -107,5 +107,6 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=15,
+        timeout_keep_alive=settings.proxy.keep_alive_s,
     )
     return 0
