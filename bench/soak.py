@@ -189,12 +189,9 @@ def main() -> None:
         )
         try:
             wait_ready(base, process)
-            # uvicorn closes a connection idle for 5 s (timeout_keep_alive) and
-            # httpx keeps one as long: a request sent on a connection the server
-            # is closing fails with RemoteProtocolError, a client-side race that
-            # says nothing about the server. Reuse only connections idle < 2 s.
-            limits = httpx.Limits(max_connections=32, keepalive_expiry=2.0)
-            client = httpx.Client(base_url=base, timeout=30, limits=limits)
+            client = httpx.Client(
+                base_url=base, timeout=30, limits=httpx.Limits(max_connections=32)
+            )
 
             def one(i: int) -> None:
                 body = {
