@@ -9,7 +9,6 @@ and keeps its traceback.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
 
 def first_line(exc: BaseException) -> str:
@@ -45,12 +44,15 @@ def redact_endpoint(url: str) -> str:
     rather than used (log lines, the dashboard) only the host is kept; the
     webhook's id and description tell endpoints on one host apart.
     """
-    parts = urlsplit(url)
-    if not parts.scheme or not parts.netloc:
+    scheme, sep, rest = url.partition("://")
+    before = re.split(r"[?#]", rest, maxsplit=1)[0]
+    # As in redact_url: credentials end at the last `@` before the query (a
+    # password may hold an unescaped `/`, which urlsplit would leave in the host).
+    host, _, path = before.rpartition("@")[2].partition("/")
+    if not sep or not scheme or not host:
         return "***"
-    host = parts.netloc.rpartition("@")[2]  # user:password@ dropped
-    hidden = parts.path not in ("", "/") or parts.query or parts.fragment
-    return f"{parts.scheme}://{host}" + ("/***" if hidden else "")
+    hidden = path or len(before) < len(rest)  # a path, a query or a fragment
+    return f"{scheme}://{host}" + ("/***" if hidden else "")
 
 
 class ThermostatError(Exception):

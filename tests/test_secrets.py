@@ -179,6 +179,7 @@ def test_engine_errors_mask_the_password(url: str) -> None:
         ("https://example.com/hook?token=SECRET", "https://example.com/***"),
         ("https://example.com?SECRET", "https://example.com/***"),
         ("https://user:SECRET@example.com:8443/", "https://example.com:8443"),
+        ("https://user:SEC/RET@example.com/hook", "https://example.com/***"),
         ("http://[::1]:9000", "http://[::1]:9000"),
         ("not a url SECRET", "***"),
     ],
