@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 
 def demo_home(tmp_path: Path, tiny_model_path: Path) -> Path:
     home = tmp_path / "home"
@@ -56,6 +58,9 @@ def assert_loop_closed(out: str, summary: dict[str, Any]) -> None:
     assert summary["dashboard_url"] in out
 
 
+# About 30 s on a quiet 2-core machine; one worker runs the demos in turn (.ci/test).
+@pytest.mark.xdist_group("demo")
+@pytest.mark.timeout(600)
 def test_demo_closes_the_loop(tmp_path: Path, tiny_model_path: Path) -> None:
     home = demo_home(tmp_path, tiny_model_path)
     out, summary = run_demo(home)

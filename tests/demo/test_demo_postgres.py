@@ -36,6 +36,7 @@ def database(tmp_path: Path) -> Iterator[str]:
 
 
 # Two demo runs: about 60 s on a quiet 2-core machine, 5 minutes on a busy one.
+@pytest.mark.xdist_group("demo")
 @pytest.mark.timeout(600)
 def test_demo_on_postgres_twice_on_the_same_home(
     tmp_path: Path, tiny_model_path: Path, database: str

@@ -99,7 +99,9 @@ def test_idempotency_key_replays_or_conflicts(client: TestClient) -> None:
     assert len(_detail(client, gid)["feedback"]) == 1
 
 
-@pytest.mark.parametrize("generation_id", [str(uuid.uuid4()), "does-not-exist", "42"])
+@pytest.mark.parametrize(
+    "generation_id", [str(uuid.uuid4()), "does-not-exist", "42"], ids=["uuid", "name", "number"]
+)
 def test_unknown_generation_is_404(client: TestClient, generation_id: str) -> None:
     """Any string that names no generation, a UUID or not, is unknown (the contract's `str`)."""
     response = _post(client, {"generation_id": generation_id, "label": True})
