@@ -7,10 +7,16 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection, func, insert, select
+
+from monitor.db.engine import build_engine
+from monitor.db.models import Generation, RecalibrationJob, Task
 
 
 def demo_home(tmp_path: Path, tiny_model_path: Path) -> Path:
@@ -58,12 +64,39 @@ def assert_loop_closed(out: str, summary: dict[str, Any]) -> None:
     assert summary["dashboard_url"] in out
 
 
-# About 30 s on a quiet 2-core machine; one worker runs the demos in turn (.ci/test).
+# Two demo runs: about 60 s on a quiet 2-core machine; one worker runs the demos in
+# turn (.ci/test).
 @pytest.mark.xdist_group("demo")
 @pytest.mark.timeout(600)
-def test_demo_closes_the_loop(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_demo_closes_the_loop_twice_on_the_same_home(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A newcomer runs the demo again: the embedded database starts afresh each run."""
     home = demo_home(tmp_path, tiny_model_path)
-    out, summary = run_demo(home)
-    assert_loop_closed(out, summary)
+    database = f"sqlite:///{home / 'demo' / 'demo.db'}"
+    out, first = run_demo(home)
+    assert_loop_closed(out, first)
     assert "(all roles, SQLite)" in out
-    assert (home / "demo" / "demo.db").is_file()
+    with in_transaction(database) as conn:  # a row the second run must not find
+        conn.execute(insert(Task).values(name="left-by-run-1", config={}))
+
+    out, second = run_demo(home)
+    assert_loop_closed(out, second)
+    assert second["dashboard_url"] != first["dashboard_url"]  # a new sidecar, a new port
+    with in_transaction(database) as conn:
+        assert set(conn.scalars(select(Task.name))) == {"quiz", "autocomplete"}
+        jobs = conn.execute(select(RecalibrationJob.task, RecalibrationJob.status)).all()
+        assert [tuple(j) for j in jobs] == [("autocomplete", "succeeded")]
+        per_task = dict(
+            conn.execute(select(Generation.task, func.count()).group_by(Generation.task)).all()
+        )
+        assert per_task["quiz"] == 300, per_task  # run 2's traffic only
+
+
+@contextmanager
+def in_transaction(url: str) -> Iterator[Connection]:
+    """One transaction on the demo's database, its engine disposed after."""
+    engine = build_engine(url)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()

@@ -20,9 +20,8 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import make_url
 
-from monitor.db.engine import build_engine
 from monitor.db.models import Calibration, Generation, RecalibrationJob, Task, Webhook
-from tests.demo.test_demo import assert_loop_closed, demo_home, run_demo
+from tests.demo.test_demo import assert_loop_closed, demo_home, in_transaction, run_demo
 from tests.support.databases import database_from, postgres_url
 
 pytestmark = pytest.mark.postgres
@@ -48,39 +47,35 @@ def test_demo_on_postgres_twice_on_the_same_home(
     assert "(all roles, Postgres)" in out
     assert not (home / "demo" / "demo.db").exists()  # nothing went to the embedded default
 
-    engine = build_engine(database)
-    try:
-        with engine.begin() as conn:  # a task that is not the demo's must survive its reset
-            conn.execute(insert(Task).values(name="not-the-demos", config={}))
+    with in_transaction(database) as conn:  # a task that is not the demo's must survive its reset
+        conn.execute(insert(Task).values(name="not-the-demos", config={}))
 
-        out, second = run_demo(home, "--postgres", database)
-        assert_loop_closed(out, second)
-        assert second["dashboard_url"] != first["dashboard_url"]  # a new sidecar, a new port
+    out, second = run_demo(home, "--postgres", database)
+    assert_loop_closed(out, second)
+    assert second["dashboard_url"] != first["dashboard_url"]  # a new sidecar, a new port
 
-        with engine.connect() as conn:
-            tasks = set(conn.scalars(select(Task.name)))
-            assert tasks == {"quiz", "autocomplete", "not-the-demos"}
-            # The first run's rows were reset: one job and one active calibration, from run 2.
-            jobs = conn.execute(select(RecalibrationJob.task, RecalibrationJob.status)).all()
-            assert [tuple(j) for j in jobs] == [("autocomplete", "succeeded")]
-            versions = conn.execute(
-                select(Calibration.version, Calibration.status).where(
-                    Calibration.task == "autocomplete"
-                )
-            ).all()
-            assert [tuple(v) for v in versions if v.status == "active"] == [(1, "active")], versions
-            # One receiver's endpoint: the first run's was removed, not left to fail.
-            hooks = list(conn.scalars(select(Webhook.url)))
-            assert len(hooks) == 1 and hooks[0].endswith("/demo-hooks"), hooks
-            per_task = dict(
-                conn.execute(select(Generation.task, func.count()).group_by(Generation.task)).all()
+    with in_transaction(database) as conn:
+        tasks = set(conn.scalars(select(Task.name)))
+        assert tasks == {"quiz", "autocomplete", "not-the-demos"}
+        # The first run's rows were reset: one job and one active calibration, from run 2.
+        jobs = conn.execute(select(RecalibrationJob.task, RecalibrationJob.status)).all()
+        assert [tuple(j) for j in jobs] == [("autocomplete", "succeeded")]
+        versions = conn.execute(
+            select(Calibration.version, Calibration.status).where(
+                Calibration.task == "autocomplete"
             )
-            # Run 2's traffic only: 300 quiz answers; 300 + 300 fresh autocomplete ones
-            # and the hot-swap probes.
-            assert per_task["quiz"] == 300, per_task
-            assert per_task["autocomplete"] >= 600, per_task
-    finally:
-        engine.dispose()
+        ).all()
+        assert [tuple(v) for v in versions if v.status == "active"] == [(1, "active")], versions
+        # One receiver's endpoint: the first run's was removed, not left to fail.
+        hooks = list(conn.scalars(select(Webhook.url)))
+        assert len(hooks) == 1 and hooks[0].endswith("/demo-hooks"), hooks
+        per_task = dict(
+            conn.execute(select(Generation.task, func.count()).group_by(Generation.task)).all()
+        )
+        # Run 2's traffic only: 300 quiz answers; 300 + 300 fresh autocomplete ones
+        # and the hot-swap probes.
+        assert per_task["quiz"] == 300, per_task
+        assert per_task["autocomplete"] >= 600, per_task
 
 
 def test_demo_on_a_missing_postgres_database_fails_in_one_line(
