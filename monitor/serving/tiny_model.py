@@ -15,6 +15,7 @@ demo runs and test sessions pay for training once.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -22,6 +23,8 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,19 +117,36 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, force: bool = False) -> Pa
     digest = recipe_hash(seed)
     if not force and is_built(out_dir, digest):
         return out_dir
-    foreign = out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER_NAME).exists()
-    if foreign and not force:
-        raise FileExistsError(f"{out_dir} exists and is not a Thermostat tiny-model build")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
-    try:
-        _build_into(tmp, seed=seed, digest=digest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _exclusive_build(out_dir):
+        if not force and is_built(out_dir, digest):  # another builder finished meanwhile
+            return out_dir
+        foreign = (
+            out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER_NAME).exists()
+        )
+        if foreign and not force:
+            raise FileExistsError(f"{out_dir} exists and is not a Thermostat tiny-model build")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+        try:
+            _build_into(tmp, seed=seed, digest=digest)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+@contextmanager
+def _exclusive_build(out_dir: Path) -> Iterator[None]:
+    """One builder of out_dir at a time (two demos started together, parallel test workers).
+
+    Without it the second builder trained a model of its own and then deleted the
+    first's finished directory, possibly while something was loading it.
+    """
+    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def read_corpus() -> tuple[list[str], list[tuple[str, str]]]:

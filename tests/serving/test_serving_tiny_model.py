@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +12,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from monitor.serving import tiny_model  # noqa: E402
 from monitor.serving.model_server import check_model_path, run_model_server  # noqa: E402
-from monitor.serving.tiny_model import MARKER_NAME, build_tiny_model, recipe_hash  # noqa: E402
+from monitor.serving.tiny_model import (  # noqa: E402
+    MARKER_NAME,
+    REQUIRED_FILES,
+    build_tiny_model,
+    is_built,
+    recipe_hash,
+)
 
 
 def test_second_build_reuses_without_training(tiny_model_dir: Path) -> None:
@@ -23,6 +32,32 @@ def test_second_build_reuses_without_training(tiny_model_dir: Path) -> None:
     assert weights.stat().st_mtime_ns == before
     assert recipe_hash(0) in (tiny_model_dir / MARKER_NAME).read_text()
     assert recipe_hash(0) != recipe_hash(1)
+
+
+def test_builders_of_one_directory_take_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two builders at once (two demos, two test workers): one trains, the other reuses it.
+
+    Training is replaced by a slow stand-in that writes a complete build: what is under
+    test is the turn-taking, and real training would take a minute here.
+    """
+    builds: list[Path] = []
+
+    def slow_build(tmp: Path, *, seed: int, digest: str) -> None:
+        builds.append(tmp)
+        time.sleep(0.5)
+        for name in REQUIRED_FILES:
+            (tmp / name).write_text("{}")
+        (tmp / MARKER_NAME).write_text(json.dumps({"recipe_hash": digest}))
+
+    monkeypatch.setattr(tiny_model, "_build_into", slow_build)
+    out_dir = tmp_path / "model"
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: build_tiny_model(out_dir), range(2)))
+    assert results == [out_dir, out_dir]
+    assert len(builds) == 1, builds  # the second builder reused the first's build
+    assert is_built(out_dir, recipe_hash(0))
 
 
 def test_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> None:
