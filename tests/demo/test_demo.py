@@ -64,8 +64,8 @@ def assert_loop_closed(out: str, summary: dict[str, Any]) -> None:
     assert summary["dashboard_url"] in out
 
 
-# Two demo runs: about 60 s on a quiet 2-core machine; one worker runs the demos in
-# turn (.ci/test).
+# Two demo runs: about 60 s alone on a quiet 2-core machine, nearly 3 minutes beside
+# .ci/test's other worker. One worker runs the demos in turn (their xdist group).
 @pytest.mark.xdist_group("demo")
 @pytest.mark.timeout(600)
 def test_demo_closes_the_loop_twice_on_the_same_home(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -75,6 +75,7 @@ def test_demo_closes_the_loop_twice_on_the_same_home(tmp_path: Path, tiny_model_
     out, first = run_demo(home)
     assert_loop_closed(out, first)
     assert "(all roles, SQLite)" in out
+    assert (home / "demo" / "demo.db").is_file()
     with in_transaction(database) as conn:  # a row the second run must not find
         conn.execute(insert(Task).values(name="left-by-run-1", config={}))
 

@@ -34,7 +34,8 @@ def database(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-# Two demo runs: about 60 s on a quiet 2-core machine, 5 minutes on a busy one.
+# Two demo runs: about 70 s alone on a quiet 2-core machine, nearly 3 minutes beside
+# .ci/test's other worker, 5 minutes on a busy machine.
 @pytest.mark.xdist_group("demo")
 @pytest.mark.timeout(600)
 def test_demo_on_postgres_twice_on_the_same_home(
