@@ -212,6 +212,87 @@ def start_naive(
     return url, proc.pid
 
 
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # Debian installs it outside a user's PATH
+NGINX_CONF = """\
+{modules}
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    {init}
+    upstream model {{ server 127.0.0.1:{up_port}; keepalive 256; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://model;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_buffer_size 256k;
+            proxy_buffers 4 256k;
+            proxy_busy_buffers_size 256k;
+            {work}
+        }}
+    }}
+}}
+"""
+
+
+# Busy work per answer in nginx (its Lua module): the native relay's exchange rate
+# between CPU per request and added latency, as `--work-baselines` gives the bare one's.
+NGINX_LUA_MODULES = """\
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"""
+NGINX_LUA_INIT = """init_by_lua_block {
+        local ffi = require "ffi"
+        ffi.cdef "typedef struct { long s; long ns; } ts_t; int clock_gettime(int, ts_t *);"
+        local ts = ffi.new("ts_t")
+        local function now_us()
+            ffi.C.clock_gettime(1, ts)
+            return tonumber(ts.s) * 1e6 + tonumber(ts.ns) / 1e3
+        end
+        function busy(us)
+            local finish = now_us() + us
+            while now_us() < finish do end
+        end
+    }"""
+
+
+def start_nginx(procs: Procs, upstream: str, home: Path, work_us: float = 0.0) -> tuple[str, int]:
+    """A native relay's floor: nginx, one process, relaying bytes as they come
+    (``proxy_buffering off``, one 256 KB read buffer: a 98 KB answer in one read),
+    keep-alive both sides: what one relay hop costs on this host when the relay is
+    not Python. `work_us`: that much busy work before each answer's head is sent."""
+    workdir = home / (f"nginx+{work_us:g}" if work_us else "nginx")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    up_port = upstream.rsplit(":", 1)[1]
+    conf = workdir / "nginx.conf"
+    lua = {"modules": "", "init": "", "work": ""}
+    if work_us:
+        lua = {
+            "modules": NGINX_LUA_MODULES,
+            "init": NGINX_LUA_INIT,
+            "work": f"header_filter_by_lua_block {{ busy({work_us:g}) }}",
+        }
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, up_port=up_port, **lua))
+    subprocess.run([NGINX, "-t", "-q", "-c", str(conf), "-p", str(workdir)], check=True)
+    proc = procs.start([NGINX, "-c", str(conf), "-p", str(workdir)], pipe=False)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/v1/models")
+    return url, proc.pid
+
+
 def _own_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
@@ -420,6 +501,8 @@ def phase_capacity(procs: Procs, home: Path, a: argparse.Namespace) -> None:
         "bare": start_naive(procs, up, "bare"),
         "bare-aiohttp": start_naive(procs, up, "bare-aiohttp"),
     }
+    if a.nginx:
+        targets["nginx"] = start_nginx(procs, up, home / "a")
     for spec in a.extra_sidecar:
         name, _, path = spec.partition("=")
         targets[name] = start_sidecar(procs, up, home / f"a-{name}", path)
@@ -481,6 +564,12 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
         baselines[f"bare+{work:g}us"] = ("bare", work)
     for name, (client, work) in baselines.items():
         targets[name] = start_naive(procs, up, client, work)[0]
+    if a.nginx:
+        baselines["nginx"] = ("nginx", 0)
+        targets["nginx"] = start_nginx(procs, up, home / "b")[0]
+    for work in a.nginx_work_baselines:
+        baselines[f"nginx+{work:g}us"] = ("nginx", work)
+        targets[f"nginx+{work:g}us"] = start_nginx(procs, up, home / "b", work)[0]
     extra = [spec.partition("=") for spec in a.extra_sidecar]
     for name, _, path in extra:
         targets[name] = start_sidecar(procs, up, home / f"b-{name}", path)[0]
@@ -549,7 +638,11 @@ def phase_latency(procs: Procs, home: Path, a: argparse.Namespace) -> None:
 def phase_stream(procs: Procs, home: Path, a: argparse.Namespace) -> None:
     up, up_pid = start_upstream(procs, 25, 75, a.chunk_gap_ms)
     proxy, _ = start_sidecar(procs, up, home / "c")
-    targets = {"direct": up, "proxy": proxy, **_bare_relays(procs, up)}
+    targets = {
+        "direct": up,
+        "proxy": proxy,
+        **_bare_relays(procs, up, home / "c" if a.nginx else None),
+    }
     for url in targets.values():
         stream_client(url, 32, 16)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
@@ -591,13 +684,19 @@ def phase_stream(procs: Procs, home: Path, a: argparse.Namespace) -> None:
         f"{lag['proxy']:.2f} ms; target < 1 ms: {'met' if lag['proxy'] < 1 else 'NOT met'}; "
         f"bare relay {lag['bare']:.2f} ms, through aiohttp {lag['bare-aiohttp']:.2f} ms"
     )
+    if "nginx" in runs:
+        print(f"nginx: TTFB added {added['nginx']:.2f} ms, lag added {lag['nginx']:.2f} ms")
     procs.stop_all()
     stream_one_at_a_time(procs, home, a)
 
 
-def _bare_relays(procs: Procs, up: str) -> dict[str, str]:
-    """The stack's floor, through the sidecar's upstream client and through aiohttp."""
-    return {name: start_naive(procs, up, name)[0] for name in ("bare", "bare-aiohttp")}
+def _bare_relays(procs: Procs, up: str, nginx_home: Path | None) -> dict[str, str]:
+    """The stack's floor, through the sidecar's upstream client and through aiohttp;
+    with `nginx_home`, nginx too (a relay hop that is not Python)."""
+    relays = {name: start_naive(procs, up, name)[0] for name in ("bare", "bare-aiohttp")}
+    if nginx_home is not None:
+        relays["nginx"] = start_nginx(procs, up, nginx_home)[0]
+    return relays
 
 
 def stream_one_at_a_time(procs: Procs, home: Path, a: argparse.Namespace) -> None:
@@ -611,7 +710,7 @@ def stream_one_at_a_time(procs: Procs, home: Path, a: argparse.Namespace) -> Non
     targets = {
         "direct": up,
         "proxy": start_sidecar(procs, up, home / "c1")[0],
-        **_bare_relays(procs, up),
+        **_bare_relays(procs, up, home / "c1" if a.nginx else None),
     }
     n = max(a.stream_requests // 2, 10)
     added: dict[str, list[float]] = {name: [] for name in targets if name != "direct"}
@@ -698,7 +797,21 @@ def main() -> None:
         metavar="US,US",
         help="(b) also the bare relay doing that many us of busy CPU work per answer",
     )
+    p.add_argument(
+        "--nginx",
+        action="store_true",
+        help="also nginx as a plain relay: a floor that is not Python (apt install nginx-light)",
+    )
+    p.add_argument(
+        "--nginx-work-baselines",
+        type=_work_list,
+        default=[],
+        metavar="US,US",
+        help="(b) also nginx doing that many us of busy work per answer (libnginx-mod-http-lua)",
+    )
     a = p.parse_args()
+    if (a.nginx or a.nginx_work_baselines) and not Path(NGINX).exists():
+        sys.exit("nginx is not installed (Debian: apt-get install nginx-light)")
     if shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH (Debian: apt-get install wrk)")
     phases = set(a.only.split(","))
