@@ -6,7 +6,8 @@ serve --role api``, one uvicorn process, uvloop/httptools as uvicorn picks,
 SQLite under a temporary THERMOSTAT_HOME so the recorder really writes) and the
 baselines of ``naive_proxy.py`` (naive FastAPI passthroughs; ``bare``: the
 same stack as the sidecar relaying bytes with no work, its floor; and
-``bare-aiohttp``: that relay through aiohttp, the client library it replaced), then
+``bare-aiohttp``: that relay through aiohttp, the client library it replaced;
+with ``--nginx``, nginx relaying bytes: the floor of a relay that is not Python), then
 measures direct and through the proxy in the same run, interleaved, repeated,
 medians reported:
 
@@ -32,7 +33,7 @@ medians reported:
     .venv/bin/python bench/proxy_overhead.py [--duration 10] [--latency-duration 8]
         [--repeats 3] [--stream-requests 160] [--chunk-gap-ms 10] [--only a,b,c]
         [--concurrency 1,16,32,64] [--naive-latency] [--work-baselines US,US]
-        [--extra-sidecar NAME=PYTHONPATH]
+        [--extra-sidecar NAME=PYTHONPATH] [--nginx] [--nginx-work-baselines US,US]
 
 Where the results stand, with command and machine: docs/benchmarks.md; every
 recorded run, session by session: docs/proxy-benchmark-history.md.
