@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monitor.commands.serve import positive_int
 from monitor.config import TASK_NAME_PATTERN
 from monitor.errors import ConfigError, ThermostatError
 
@@ -59,16 +60,6 @@ def _fraction(low_inclusive: bool) -> Any:
     return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="task the calibration is for")
     parser.add_argument("--model", required=True, help="folder of a transformers causal LM")
@@ -81,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--activate", action="store_true", help="activate the new version if the gate accepts it"
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="examples per batch")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per batch")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where the model runs")
     parser.add_argument(
         "--holdout",

@@ -33,6 +33,17 @@ def port_number(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for a count that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def check_binding(settings: Settings, host: str) -> None:
     """Refuse a non-loopback bind without both tokens; say what loopback-only means."""
     missing = [

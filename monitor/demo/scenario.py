@@ -123,7 +123,8 @@ def run_demo(
         _run_checked(["db", "upgrade"], env)
     model = processes.start(
         "model-server",
-        ["model-server", "--model", str(model_dir), "--port", str(model_port)],
+        # One thread: the tiny model's steps are too small to split (see --threads).
+        ["model-server", "--model", str(model_dir), "--port", str(model_port), "--threads", "1"],
         env,
         logs,
         model_port,

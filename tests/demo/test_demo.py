@@ -64,8 +64,16 @@ def assert_loop_closed(out: str, summary: dict[str, Any]) -> None:
     assert summary["dashboard_url"] in out
 
 
-# Two demo runs: about 60 s alone on a quiet 2-core machine, nearly 3 minutes beside
-# .ci/test's other worker. One worker runs the demos in turn (their xdist group).
+def assert_model_server_on_one_thread(home: Path, summary: dict[str, Any]) -> None:
+    """On a CPU the demo's tiny model runs on one torch thread (4x quicker beside other work)."""
+    if summary["device"] == "cpu":
+        log = (home / "demo" / "logs" / "model-server.log").read_text()
+        assert "model on cpu; torch threads: 1" in log, log[-2000:]
+
+
+# Two demo runs: 75 s alone on a slow 2-core host, 100 s beside .ci/test's other
+# worker (5 minutes there before the model server ran on one torch thread). One
+# worker runs the demos in turn (their xdist group).
 @pytest.mark.xdist_group("demo")
 @pytest.mark.timeout(600)
 def test_demo_closes_the_loop_twice_on_the_same_home(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -76,6 +84,7 @@ def test_demo_closes_the_loop_twice_on_the_same_home(tmp_path: Path, tiny_model_
     assert_loop_closed(out, first)
     assert "(all roles, SQLite)" in out
     assert (home / "demo" / "demo.db").is_file()
+    assert_model_server_on_one_thread(home, first)
     with in_transaction(database) as conn:  # a row the second run must not find
         conn.execute(insert(Task).values(name="left-by-run-1", config={}))
 

@@ -34,8 +34,8 @@ def database(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-# Two demo runs: about 70 s alone on a quiet 2-core machine, nearly 3 minutes beside
-# .ci/test's other worker, 5 minutes on a busy machine.
+# Two demo runs: about 2 minutes beside .ci/test's other worker on a slow 2-core host
+# (5 minutes there before the model server ran on one torch thread).
 @pytest.mark.xdist_group("demo")
 @pytest.mark.timeout(600)
 def test_demo_on_postgres_twice_on_the_same_home(

@@ -57,20 +57,54 @@ def test_cuda_without_cuda_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> 
     assert_one_line_error(result, "model-server", "CUDA is not available")
 
 
-@pytest.mark.parametrize("port", ["70000", "-1", "http"])
-def test_port_out_of_range_is_a_usage_error(
-    port: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--port", "70000"),
+        ("--port", "-1"),
+        ("--port", "http"),
+        ("--threads", "0"),
+        ("--threads", "two"),
+    ],
+)
+def test_bad_port_or_threads_is_a_usage_error(
+    option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from monitor.cli import main
 
     with pytest.raises(SystemExit) as info:
-        main(["model-server", "--model", str(tmp_path / "missing"), "--port", port])
+        main(["model-server", "--model", str(tmp_path / "missing"), option, value])
     assert info.value.code == 2
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
-    assert (
-        err.strip().splitlines()[-1].startswith("thermostat model-server: error: argument --port")
-    )
+    assert err.splitlines()[-1].startswith(f"thermostat model-server: error: argument {option}")
+
+
+@pytest.fixture
+def torch_threads_restored() -> Any:
+    """The test changes this process's torch threads; later tests get them back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("torch_threads_restored")
+def test_threads_sets_torch_cpu_threads_before_serving(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uvicorn
+
+    from monitor.cli import main
+
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.append(torch.get_num_threads()))
+    argv = ["model-server", "--model", str(tiny_model_dir), "--device", "cpu", "--port", "0"]
+    assert main([*argv, "--threads", "1"]) == 0
+    assert seen == [1]
+    assert "model on cpu; torch threads: 1" in caplog.text
+    assert main(argv) == 0  # without the option, torch's own choice stands
+    assert seen == [1, 1]
 
 
 def test_the_command_loads_the_engine_once_before_serving(
