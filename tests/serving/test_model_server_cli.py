@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def test_bad_port_or_threads_is_a_usage_error(
 
 
 @pytest.fixture
-def torch_threads_restored() -> Any:
+def torch_threads_restored() -> Iterator[None]:
     """The test changes this process's torch threads; later tests get them back."""
     before = torch.get_num_threads()
     yield
@@ -103,7 +104,7 @@ def test_threads_sets_torch_cpu_threads_before_serving(
     assert main([*argv, "--threads", "1"]) == 0
     assert seen == [1]
     assert "model on cpu; torch threads: 1" in caplog.text
-    assert main(argv) == 0  # without the option, torch's own choice stands
+    assert main(argv) == 0  # without the option the command leaves the threads alone
     assert seen == [1, 1]
 
 
