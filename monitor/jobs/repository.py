@@ -99,6 +99,32 @@ def lock_owned(session: Session, job_id: int, owner: str) -> RecalibrationJob | 
     return session.get(RecalibrationJob, job_id, populate_existing=True)
 
 
+def hand_back(session: Session, job_id: int, owner: str) -> bool:
+    """A stopping worker's running job, back to the queue at once; False if not held.
+
+    Without it the job would wait out its lease (a minute by default) and the
+    stop would use up one of its attempts: enough rolling restarts during fits
+    and a job fails that never failed. The stop is the operator's, not the
+    job's, so the attempt is given back. Conditional on the lease like every
+    lease write: a job that finished first, or was taken over, is left alone.
+    """
+    job = RecalibrationJob
+    stmt = (
+        update(job)
+        .where(_owned(job_id, owner))
+        .values(
+            status=JobStatus.queued.value,
+            attempts=job.attempts - 1,
+            lease_owner=None,
+            lease_expires_at=None,
+            not_before=utcnow(),
+            error="the worker stopped mid-job; re-queued",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return (session.execute(stmt).rowcount or 0) == 1  # type: ignore[attr-defined]
+
+
 def requeue_expired(session: Session, now: datetime | None = None) -> tuple[list[int], list[int]]:
     """Jobs whose worker died: back to the queue, or failed after max attempts.
 

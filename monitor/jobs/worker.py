@@ -8,7 +8,10 @@ loop also re-scores history for versions activated through the API.
 
 The fit and the re-scoring run in daemon threads (`monitor.jobs.daemon`), so
 stopping (Ctrl-C or SIGTERM) never waits for them: the running job writes
-nothing more and keeps its lease, which expires and is re-queued.
+nothing more and is handed back to the queue at once, its attempt not
+counted, for the next worker to run from the start. A worker that dies
+instead (SIGKILL, a lost host) leaves the job to its lease, which expires and
+is re-queued.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from monitor.jobs.recalibration import JobOutcome, LeaseLost, fail_expired, reco
 from monitor.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# A stop waits this long for the database to take the job back, at most.
+HAND_BACK_TIMEOUT_S = 5.0
 
 
 class WorkerService:
@@ -50,15 +56,39 @@ class WorkerService:
         self._task = asyncio.create_task(self._run(), name=f"worker {self.owner}")
 
     async def stop(self) -> None:
-        self._halt.set()
+        self._halt.set()  # from here the job's thread writes nothing more
         self._stopping.set()
+        running = self.current_job
         if self._task is not None:
-            # A fit in its (daemon) thread cannot be interrupted: its lease
-            # expires and another worker re-runs the job.
+            # A fit in its (daemon) thread cannot be interrupted; it ends with
+            # the process, and its job goes back to the queue below.
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if running is not None:
+            await self._hand_back(running)
+
+    async def _hand_back(self, job: ClaimedJob) -> None:
+        """Re-queue the interrupted job now; on any failure its lease still expires."""
+        try:
+            handed = await asyncio.wait_for(
+                run_in_daemon_thread(self._release, job, name="thermostat-hand-back"),
+                HAND_BACK_TIMEOUT_S,
+            )
+        except Exception as exc:
+            log.warning(
+                "job %s: not handed back (%s); it is re-queued when its lease expires",
+                job.id,
+                type(exc).__name__,
+            )
+            return
+        if handed:
+            log.info("worker stopping: job %s (%s) handed back to the queue", job.id, job.task)
+
+    def _release(self, job: ClaimedJob) -> bool:
+        with session_scope(self.runtime.sessions) as session:
+            return repository.hand_back(session, job.id, job.owner)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

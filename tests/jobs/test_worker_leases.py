@@ -19,7 +19,7 @@ from monitor.db.types import utcnow
 from monitor.jobs.claim import ClaimedJob, claim_job, new_lease_owner
 from monitor.jobs.queue import enqueue_recalibration
 from monitor.jobs.recalibration import LeaseLost, fail_expired, run_job
-from monitor.jobs.repository import heartbeat
+from monitor.jobs.repository import hand_back, heartbeat
 from monitor.jobs.worker import WorkerService
 from monitor.runtime import open_runtime
 from monitor.settings import Settings
@@ -83,6 +83,70 @@ def test_heartbeat_extends_only_the_owners_lease(sessions: sessionmaker[Session]
         assert not heartbeat(session, job_id, "intruder", lease_s=120)
     after = job_row(sessions, job_id).lease_expires_at
     assert before is not None and after is not None and after > before + timedelta(seconds=100)
+
+
+def test_hand_back_requeues_at_once_without_using_an_attempt(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A stopping worker's job is due again now, its attempt given back; only
+    the lease's owner can hand it back, and only while it is running."""
+    seed_generations(sessions, 10)
+    job_id = enqueue(sessions, max_attempts=1)
+    claim(sessions, "w1")
+    with session_scope(sessions) as session:
+        assert not hand_back(session, job_id, "intruder")
+        assert hand_back(session, job_id, "w1")
+        assert not hand_back(session, job_id, "w1")  # no longer running
+    row = job_row(sessions, job_id)
+    assert (row.status, row.attempts, row.lease_owner, row.lease_expires_at) == (
+        "queued",
+        0,
+        None,
+        None,
+    )
+    assert row.error == "the worker stopped mid-job; re-queued"
+
+    again = claim(sessions, "w2")  # at its last attempt, yet claimable now
+    assert again is not None and (again.id, again.attempts) == (job_id, 1)
+    with session_scope(sessions) as session:
+        session.execute(
+            update(RecalibrationJob)
+            .where(RecalibrationJob.id == job_id)
+            .values(status=JobStatus.succeeded.value)
+        )
+        assert not hand_back(session, job_id, "w2")  # finished first: left alone
+    assert job_row(sessions, job_id).status == "succeeded"
+
+
+def test_a_stop_that_cannot_hand_back_leaves_the_job_to_its_lease(
+    sessions: sessionmaker[Session],
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database refusing the hand-back (down at shutdown) must not hold
+    up or break the stop: the job keeps its lease, which expires as before."""
+    seed_generations(sessions, 10)
+    job_id = enqueue(sessions)
+
+    def refused(*args: Any) -> bool:
+        raise ConnectionRefusedError("database down")
+
+    monkeypatch.setattr("monitor.jobs.repository.hand_back", refused)
+
+    async def scenario() -> None:
+        runtime = open_runtime(make_settings(), "worker")
+        try:
+            worker = WorkerService(runtime, device="cpu")
+            worker.current_job = await asyncio.to_thread(claim, runtime.sessions, worker.owner)
+            await asyncio.wait_for(worker.stop(), 10)
+        finally:
+            await runtime.stop()
+
+    asyncio.run(scenario())
+    row = job_row(sessions, job_id)
+    assert (row.status, row.attempts) == ("running", 1)
+    assert f"job {job_id}: not handed back (ConnectionRefusedError)" in caplog.text
 
 
 def test_dead_worker_job_is_reclaimed_and_finishes_exactly_once(

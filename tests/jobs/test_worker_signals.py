@@ -2,11 +2,12 @@
 
 The process must stop promptly and cleanly: exit status 0 (SIGTERM: uvicorn
 re-raises it after the graceful shutdown, so -SIGTERM is clean too), no
-traceback, and the running job left to the lease logic: still `running`
-under this worker's lease, re-queued once the lease expires. Before the fix
-a SIGINT'd worker waited at exit for the fit thread (and then committed the
-job after "Finished server process"), and a second Ctrl-C in that wait
-printed a CancelledError traceback.
+traceback, and the running job handed back: `queued` again, due now, its
+attempt not counted, for the next worker (before, it stayed `running` under
+the dead worker's lease for a minute, and the stop used up an attempt).
+Before the first fix a SIGINT'd worker waited at exit for the fit thread
+(and then committed the job after "Finished server process"), and a second
+Ctrl-C in that wait printed a CancelledError traceback.
 
 The child is the real CLI entry point (`monitor.cli.main`) with the fit
 made slow (a sleep before the real fit), so the signal lands mid-fit for
@@ -20,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -29,8 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.db.models import RecalibrationJob
 from monitor.db.models.enums import JobTrigger
 from monitor.db.session import session_scope
+from monitor.db.types import utcnow
+from monitor.jobs.claim import claim_job
 from monitor.jobs.queue import enqueue_recalibration
-from monitor.jobs.repository import requeue_expired
 from tests.jobs.support import TASK, seed_generations
 
 pytestmark = pytest.mark.timeout(120)
@@ -79,7 +80,7 @@ def wait_for_output(
     [(signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 1)],
     ids=["SIGINT", "SIGINT-twice", "SIGTERM"],
 )
-def test_signal_mid_fit_stops_cleanly_and_leaves_the_job_to_its_lease(
+def test_signal_mid_fit_stops_cleanly_and_hands_the_job_back(
     db_url: str, sessions: sessionmaker[Session], tmp_path: Path, sig: signal.Signals, times: int
 ) -> None:
     """A second Ctrl-C at once is uvicorn's forced exit: it cancels the
@@ -124,12 +125,13 @@ def test_signal_mid_fit_stops_cleanly_and_leaves_the_job_to_its_lease(
     assert "Finished server process" in stderr, stderr
     assert took < EXIT_DEADLINE_S
 
+    assert f"job {job_id} ({TASK}) handed back to the queue" in stderr, stderr
+
     with session_scope(sessions) as session:
         job = session.get(RecalibrationJob, job_id)
         assert job is not None
-        assert (job.status, job.attempts) == ("running", 1), (job.status, job.error)
-        assert job.lease_owner is not None and f":{process.pid}:" in job.lease_owner
-        assert job.lease_expires_at is not None
-        expired_at = job.lease_expires_at + timedelta(seconds=1)
+        assert (job.status, job.attempts, job.lease_owner) == ("queued", 0, None), job.error
+        assert job.not_before is not None and job.not_before <= utcnow()
     with session_scope(sessions) as session:
-        assert requeue_expired(session, now=expired_at) == ([job_id], [])
+        claimed = claim_job(session, "next worker", lease_s=60)
+    assert claimed is not None and (claimed.id, claimed.attempts) == (job_id, 1)
