@@ -218,6 +218,22 @@ def test_port_out_of_range_is_a_usage_error(
     assert err.strip().splitlines()[-1].startswith("thermostat serve: error: argument --port")
 
 
+@pytest.mark.parametrize("role", ["all", "api", "scheduler"])
+def test_until_idle_without_the_worker_role_is_a_usage_error(
+    role: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--role", role, "--until-idle"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "thermostat serve: error: --until-idle runs the worker role only: add --role worker; "
+        "see 'thermostat serve --help'"
+    )
+
+
 def test_empty_upstream_url_means_not_set(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 
 from monitor.auth import is_loopback
 from monitor.errors import ConfigError, redact_url
 from monitor.logging import setup_logging
-from monitor.runtime import ROLES
+from monitor.runtime import ROLES, Runtime
 from monitor.settings import Settings, load_settings
 
 log = logging.getLogger("monitor.serve")
@@ -19,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument(
         "--port", type=port_number, default=8080, help="port to bind (default 8080)"
+    )
+    parser.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="with --role worker: run the due recalibration jobs and re-scores, then exit "
+        "(no HTTP server; for a Kubernetes CronJob or a systemd timer)",
     )
 
 
@@ -85,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from monitor.app import create_app
     from monitor.runtime import open_runtime
 
+    if args.until_idle and args.role != "worker":
+        args.parser.error("--until-idle runs the worker role only: add --role worker")
     settings = load_settings()
     setup_logging(settings.log_level)
     # Fail before binding, with one line, on what the app's lifespan would otherwise
@@ -96,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
         load_rules(settings.alert_rules)
     check_worker_device(settings, args.role)
+    if args.until_idle:
+        return asyncio.run(run_worker_until_idle(open_runtime(settings, "worker")))
     check_binding(settings, args.host)
     open_runtime(settings, args.role).engine.dispose()
     if args.role in ("all", "api"):
@@ -121,3 +133,49 @@ def run(args: argparse.Namespace) -> int:
         timeout_keep_alive=settings.proxy.keep_alive_s,
     )
     return 0
+
+
+async def run_worker_until_idle(runtime: Runtime) -> int:
+    """`serve --role worker --until-idle`: drain the job queue, then exit.
+
+    Exit status 0 once nothing is due, 1 if a poll failed (the database went
+    away: the next run retries), 128 + N on signal N, after the running job
+    was handed back to the queue.
+    """
+    from monitor.jobs.worker import WorkerService
+
+    worker = WorkerService(runtime)
+    loop = asyncio.get_running_loop()
+    signalled: asyncio.Future[int] = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _first_signal, signalled, sig)
+    drain = asyncio.create_task(worker.run_until_idle(), name="worker until idle")
+    try:
+        await asyncio.wait({drain, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            _ignore_further_signals(loop)
+            await worker.stop()
+            log.info("worker stopped by signal %d before the queue was drained", signalled.result())
+            return 128 + signalled.result()
+        try:
+            jobs = drain.result()
+        except Exception as exc:
+            log.error("worker poll failed: %s: %s; exiting", type(exc).__name__, exc)
+            return 1
+        log.info("worker idle after %d job(s): exiting", jobs)
+        return 0
+    finally:
+        await runtime.stop()
+
+
+def _first_signal(signalled: asyncio.Future[int], sig: signal.Signals) -> None:
+    if not signalled.done():
+        signalled.set_result(int(sig))
+
+
+def _ignore_further_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Once stopping, a second Ctrl-C must neither cut the hand-back short nor land
+    as a KeyboardInterrupt in the interpreter's exit, after the loop has closed."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)  # restores the default: ignore after it
+        signal.signal(sig, signal.SIG_IGN)

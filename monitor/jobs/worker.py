@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import traceback
+from typing import Any
 
 from monitor.calibrations import service as calibrations
 from monitor.db.session import session_scope
@@ -44,11 +45,12 @@ class WorkerService:
         self.settings = runtime.settings.worker
         self.device = device
         self.owner = claim.new_lease_owner()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._stopping = asyncio.Event()
         self._halt = threading.Event()  # read by job threads: write nothing more
         self.outcomes: list[JobOutcome] = []  # recent outcomes, for tests and logs
         self.current_job: ClaimedJob | None = None
+        self.jobs_run = 0
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -68,6 +70,22 @@ class WorkerService:
             self._task = None
         if running is not None:
             await self._hand_back(running)
+
+    async def run_until_idle(self) -> int:
+        """Run every due job and pending re-score, then return how many jobs ran.
+
+        The worker as a batch job (`serve --role worker --until-idle`, run by a
+        Kubernetes CronJob): it holds its GPU only while there is work. A job
+        waiting out a retry's backoff is not due and is left to the next run.
+        `stop()` (on a signal) ends it and hands back a running job, and one
+        called before it started leaves it nothing to do; a failed poll (the
+        database down) raises.
+        """
+        self._task = asyncio.current_task()  # what stop() cancels
+        ran_before = self.jobs_run
+        while not self._stopping.is_set() and await self.run_once():
+            pass
+        return self.jobs_run - ran_before
 
     async def _hand_back(self, job: ClaimedJob) -> None:
         """Re-queue the interrupted job now; on any failure its lease still expires."""
@@ -118,6 +136,7 @@ class WorkerService:
     async def execute(self, job: ClaimedJob) -> JobOutcome | None:
         """Run a claimed job with heartbeats; errors become retries or failure."""
         self.current_job = job
+        self.jobs_run += 1
         log.info(
             "worker %s claimed job %s (%s, attempt %s)", self.owner, job.id, job.task, job.attempts
         )

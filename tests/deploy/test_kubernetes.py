@@ -58,6 +58,7 @@ def test_expected_objects_exist() -> None:
     assert {"model-server", "thermostat-scheduler", "thermostat-worker"} <= set(
         objects("Deployment")
     )
+    assert "thermostat-worker" in objects("CronJob")
     assert "thermostat-migrate" in objects("Job")
     assert {"thermostat-secrets", "thermostat-webhook-secrets"} <= set(objects("Secret"))
     assert "thermostat-config" in objects("ConfigMap")
@@ -87,11 +88,18 @@ def test_roles_scheduler_single_replica_workers_on_gpus_and_migration_job() -> N
     assert container["args"][:3] == ["serve", "--role", "scheduler"]
     assert container["image"].startswith("thermostat-api:")
 
-    (worker,) = deployments["thermostat-worker"]["spec"]["template"]["spec"]["containers"]
-    assert worker["args"][:3] == ["serve", "--role", "worker"]
-    assert worker["image"].startswith("thermostat-worker:")
-    assert worker["resources"]["requests"]["nvidia.com/gpu"] == 1
-    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    always_on = deployments["thermostat-worker"]["spec"]["template"]["spec"]
+    cron = objects("CronJob")["thermostat-worker"]["spec"]
+    batch = cron["jobTemplate"]["spec"]["template"]["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid" and batch["restartPolicy"] == "Never"
+    (batch_worker,) = batch["containers"]
+    assert batch_worker["args"] == ["serve", "--role", "worker", "--until-idle"]
+    for spec in (always_on, batch):
+        (worker,) = spec["containers"]
+        assert worker["args"][:3] == ["serve", "--role", "worker"]
+        assert worker["image"].startswith("thermostat-worker:")
+        assert worker["resources"]["requests"]["nvidia.com/gpu"] == 1
+        assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
 
     job = objects("Job")["thermostat-migrate"]["spec"]["template"]["spec"]
     (migrate,) = job["containers"]
@@ -110,8 +118,8 @@ def test_thermostat_container_probes_resources_and_user(
     assert container["resources"]["requests"] and container["resources"]["limits"]
     security = container.get("securityContext", {})
     assert security.get("allowPrivilegeEscalation") is False
-    if container["args"][0] != "serve":
-        return
+    if container["args"][0] != "serve" or "--until-idle" in container["args"]:
+        return  # a batch command binds no port
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports.get("http") == int(container["args"][container["args"].index("--port") + 1])
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -184,8 +192,12 @@ def test_secret_and_config_references_resolve() -> None:
 def test_kustomization_lists_every_manifest_and_image() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    # the placeholder Secrets stay out, so that `apply -k` never overwrites the real ones
-    assert set(kustomization["resources"]) == manifests - {"secrets.yaml"}
+    # the placeholder Secrets stay out, so that `apply -k` never overwrites the real ones;
+    # the always-on workers are the alternative to the CronJob's, applied instead of it
+    assert set(kustomization["resources"]) == manifests - {
+        "secrets.yaml",
+        "worker-deployment.yaml",
+    }
     used = {
         c["image"].split(":")[0]
         for _, spec in pod_specs()

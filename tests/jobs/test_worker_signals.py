@@ -53,7 +53,7 @@ def slow(*args, **kwargs):
 
 core.validate_sequence_temperature = slow
 from monitor.cli import main
-raise SystemExit(main(["serve", "--role", "worker", "--port", "0"]))
+raise SystemExit(main(["serve", "--role", "worker", "--port", "0", *sys.argv[1:]]))
 """
 
 
@@ -75,17 +75,24 @@ def wait_for_output(
     raise AssertionError(f"{text!r} not seen within {timeout}s")
 
 
+@pytest.mark.parametrize("until_idle", [False, True], ids=["server", "until-idle"])
 @pytest.mark.parametrize(
     "sig, times",
     [(signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 1)],
     ids=["SIGINT", "SIGINT-twice", "SIGTERM"],
 )
 def test_signal_mid_fit_stops_cleanly_and_hands_the_job_back(
-    db_url: str, sessions: sessionmaker[Session], tmp_path: Path, sig: signal.Signals, times: int
+    db_url: str,
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    sig: signal.Signals,
+    times: int,
+    until_idle: bool,
 ) -> None:
     """A second Ctrl-C at once is uvicorn's forced exit: it cancels the
     lifespan, which printed a CancelledError traceback before
-    `ThermostatApp` read that cancellation as a shutdown."""
+    `ThermostatApp` read that cancellation as a shutdown. `--until-idle` (no
+    HTTP server) exits 128 + the signal, as a shell reports a stopped batch job."""
     seed_generations(sessions, 400)
     with session_scope(sessions) as session:
         job_id = enqueue_recalibration(session, TASK, JobTrigger.manual)[0].id
@@ -100,7 +107,7 @@ def test_signal_mid_fit_stops_cleanly_and_hands_the_job_back(
     out_path, err_path = tmp_path / "stdout.log", tmp_path / "stderr.log"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-c", CHILD],
+            [sys.executable, "-c", CHILD, *(["--until-idle"] if until_idle else [])],
             env=env,
             stdout=out,
             stderr=err,
@@ -120,9 +127,13 @@ def test_signal_mid_fit_stops_cleanly_and_hands_the_job_back(
             process.kill()
             process.wait(timeout=10)
     stderr = err_path.read_text(errors="replace")
-    assert rc in ((0,) if sig == signal.SIGINT else (0, -signal.SIGTERM)), stderr
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
-    assert "Finished server process" in stderr, stderr
+    if until_idle:
+        assert rc == 128 + sig, stderr
+        assert f"worker stopped by signal {int(sig)} before the queue was drained" in stderr
+    else:
+        assert rc in ((0,) if sig == signal.SIGINT else (0, -signal.SIGTERM)), stderr
+        assert "Finished server process" in stderr, stderr
     assert took < EXIT_DEADLINE_S
 
     assert f"job {job_id} ({TASK}) handed back to the queue" in stderr, stderr
