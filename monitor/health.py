@@ -20,12 +20,17 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-@router.get("/healthz", include_in_schema=False)
+# HEAD too: load balancers and uptime checkers often probe with it (FastAPI's
+# GET routes answer it 405).
+PROBE_METHODS = ["GET", "HEAD"]
+
+
+@router.api_route("/healthz", methods=PROBE_METHODS, include_in_schema=False)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", include_in_schema=False)
+@router.api_route("/readyz", methods=PROBE_METHODS, include_in_schema=False)
 async def readyz(request: Request) -> JSONResponse:
     runtime = _runtime(request)
     head = runtime.extras.get("schema_head")

@@ -70,6 +70,9 @@ def test_serve_on_embedded_sqlite_is_ready(env: dict[str, str], tmp_path: Path) 
         response = wait_ready(port, process)
         assert response.status_code == 200 and response.json()["status"] == "ready"
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        for probe in ("healthz", "readyz"):  # as load balancers probe
+            head = httpx.head(f"http://127.0.0.1:{port}/{probe}")
+            assert (head.status_code, head.content) == (200, b""), probe
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
         assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
         assert (tmp_path / "home" / "thermostat.db").exists()
