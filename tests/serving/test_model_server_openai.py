@@ -33,6 +33,7 @@ def _complete(server: Any, **kwargs: Any) -> Any:
 
 def test_health_and_models(server: Any) -> None:
     assert httpx.get(f"{server.base_url}/healthz").json()["status"] == "ok"
+    assert httpx.head(f"{server.base_url}/healthz").status_code == 200
     models = server.client().models.list()
     assert [m.id for m in models.data] == ["tiny"]
 

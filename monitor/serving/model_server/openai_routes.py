@@ -36,7 +36,7 @@ def _tokens(pieces: list[Piece]) -> list[TokenInfo]:
 
 
 def install_openai_routes(app: FastAPI) -> None:
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: as load balancers probe
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok", "model_loaded": request.app.state.engine is not None})
 
