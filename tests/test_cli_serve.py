@@ -16,7 +16,7 @@ import pytest
 from monitor.db import migrate
 from monitor.db.engine import build_engine
 from tests.recorder.helpers import spool_held_elsewhere
-from tests.support.cli import assert_one_line_error
+from tests.support.cli import assert_one_line_error, thermostat
 from tests.support.databases import postgres_url
 
 
@@ -24,18 +24,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def thermostat(
-    *args: str, env: dict[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "monitor", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def wait_ready(port: int, process: subprocess.Popen[str], timeout: float = 30) -> httpx.Response:

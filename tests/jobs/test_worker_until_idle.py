@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +27,7 @@ from monitor.jobs.worker import WorkerService
 from monitor.runtime import open_runtime
 from monitor.settings import Settings
 from tests.jobs.support import TASK, seed_generations
+from tests.support.cli import thermostat
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,13 +100,7 @@ def test_the_command_drains_the_queue_and_exits_0(
         THERMOSTAT_DATABASE_URL=db_url,
         THERMOSTAT_WORKER__DEVICE="cpu",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "monitor", "serve", "--role", "worker", "--until-idle"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    result = thermostat("serve", "--role", "worker", "--until-idle", env=env, timeout=90)
     assert result.returncode == 0, result.stderr
     assert "worker idle after 1 job(s): exiting" in result.stderr
     assert "Traceback" not in result.stderr

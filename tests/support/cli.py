@@ -7,15 +7,22 @@ import subprocess
 import sys
 
 
-def run_thermostat(env: dict[str, str], *argv: str) -> str:
-    """`python -m monitor ARGV` in `env`, which must succeed; its stdout."""
-    done = subprocess.run(
+def thermostat(
+    *argv: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m monitor ARGV` in `env`, as a user runs it; its result, whatever it is."""
+    return subprocess.run(
         [sys.executable, "-m", "monitor", *argv],
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
+
+
+def run_thermostat(env: dict[str, str], *argv: str) -> str:
+    """`python -m monitor ARGV` in `env`, which must succeed; its stdout."""
+    done = thermostat(*argv, env=env)
     assert done.returncode == 0, f"thermostat {' '.join(argv)}: {done.stdout}{done.stderr}"
     return done.stdout
 
