@@ -10,7 +10,7 @@ import signal
 from monitor.auth import is_loopback
 from monitor.errors import ConfigError, redact_url
 from monitor.logging import setup_logging
-from monitor.runtime import ROLES, Runtime
+from monitor.runtime import ROLES, Runtime, open_runtime
 from monitor.settings import Settings, load_settings
 
 log = logging.getLogger("monitor.serve")
@@ -88,11 +88,6 @@ def check_worker_device(settings: Settings, role: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from monitor.app import create_app
-    from monitor.runtime import open_runtime
-
     if args.until_idle and args.role != "worker":
         args.parser.error("--until-idle runs the worker role only: add --role worker")
     settings = load_settings()
@@ -123,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         args.port,
         redact_url(settings.resolved_database_url),
     )
+    import uvicorn
+
+    from monitor.app import create_app
+
     uvicorn.run(
         create_app(settings, args.role),
         host=args.host,
