@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from typing import Any
 
 from monitor.auth import is_loopback
 from monitor.errors import ConfigError, redact_url
@@ -126,12 +127,24 @@ def run(args: argparse.Namespace) -> int:
         create_app(settings, args.role),
         host=args.host,
         port=args.port,
-        access_log=False,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=15,
-        timeout_keep_alive=settings.proxy.keep_alive_s,
+        **server_options(settings),
     )
     return 0
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves the app; the tests' in-process servers take them too.
+
+    The keep-alive matters beyond the tests: uvicorn's own 5 s equals httpx's and
+    the openai SDK's idle expiry, so a request sent on a connection idle for about
+    5 s races the server's close and fails with a connection reset.
+    """
+    return {
+        "access_log": False,
+        "timeout_graceful_shutdown": 15,
+        "timeout_keep_alive": settings.proxy.keep_alive_s,
+    }
 
 
 async def run_worker_until_idle(runtime: Runtime) -> int:

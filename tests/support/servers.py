@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 
+from monitor.commands.serve import server_options
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -21,10 +23,16 @@ def free_port() -> int:
 
 @contextmanager
 def serve_app(app: Any, *, port: int | None = None, timeout: float = 30) -> Iterator[str]:
-    """Yield `http://127.0.0.1:PORT` once the app has started (lifespan included)."""
+    """Yield `http://127.0.0.1:PORT` once the app has started (lifespan included).
+
+    Thermostat's app is served as `thermostat serve` serves it (its keep-alive
+    above all: uvicorn's default races the openai client's idle connections).
+    """
     port = port or free_port()
+    settings = getattr(app.state, "settings", None)
+    options = server_options(settings) if settings is not None else {"access_log": False}
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
