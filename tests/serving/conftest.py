@@ -87,9 +87,17 @@ def server(tiny_model_dir: Path) -> Iterator[LiveServer]:
     import uvicorn
 
     from monitor.serving.model_server import create_model_server_app
+    from monitor.serving.model_server.app import KEEP_ALIVE_S
 
     app = create_model_server_app(str(tiny_model_dir), device="cpu", served_model_name="tiny")
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, name="model-server", daemon=True)
     thread.start()

@@ -128,6 +128,8 @@ def test_the_command_loads_the_engine_once_before_serving(
 
     def fake_run(app: Any, **kwargs: Any) -> None:
         events.append(f"serve:{kwargs['port']}")
+        # Idle connections outlive the clients' 5 s (httpx, openai): no close races a request.
+        assert kwargs["timeout_keep_alive"] > 5
         with TestClient(app) as client:
             assert client.get("/healthz").json() == {"status": "ok", "model_loaded": True}
             card = client.get("/v1/models").json()["data"][0]

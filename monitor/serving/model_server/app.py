@@ -37,6 +37,11 @@ from .openai_routes import install_openai_routes
 from .responses import error_response, validation_message
 from .schemas import RequestError
 
+# Idle client connections stay open longer than clients keep them (httpx's and
+# the openai SDK's 5 s): uvicorn's own 5 s races a client's next request on a
+# connection idle that long, which then fails with a connection reset.
+KEEP_ALIVE_S = 75
+
 
 def check_model_path(model_path: str) -> Path:
     """Fail fast, in one line, on a path that cannot be a transformers model."""
@@ -94,7 +99,7 @@ def run_model_server(
     import uvicorn
 
     app = create_model_server_app(model_path, device, engine=engine)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_S)
 
 
 # ---------------------------------------------------------------- errors
