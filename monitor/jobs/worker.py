@@ -60,7 +60,7 @@ class WorkerService:
     async def stop(self) -> None:
         self._halt.set()  # from here the job's thread writes nothing more
         self._stopping.set()
-        running = self.current_job
+        running, self.current_job = self.current_job, None
         if self._task is not None:
             # A fit in its (daemon) thread cannot be interrupted; it ends with
             # the process, and its job goes back to the queue below.
@@ -141,6 +141,7 @@ class WorkerService:
             "worker %s claimed job %s (%s, attempt %s)", self.owner, job.id, job.task, job.attempts
         )
         beat = asyncio.create_task(self._heartbeat(job))
+        outcome: JobOutcome | None = None
         try:
             outcome = await run_in_daemon_thread(
                 run_job,
@@ -151,20 +152,24 @@ class WorkerService:
                 stop=self._halt,
                 name=f"thermostat-job-{job.id}",
             )
+        except asyncio.CancelledError:
+            # Stopping mid-job, its thread still fitting: the job stays current
+            # for stop() to hand back, even when the loop's exit cancelled this
+            # task before stop() ran (uvicorn's forced exit skips the shutdown).
+            raise
         except (LeaseLost, Interrupted) as exc:
             log.warning("%s", exc)
-            return None
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.error("job %s failed: %s\n%s", job.id, error, traceback.format_exc())
             await asyncio.to_thread(record_failure, self.runtime.sessions, job, error)
-            return None
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
-            self.current_job = None
-        self.outcomes = [*self.outcomes[-19:], outcome]
+        self.current_job = None
+        if outcome is not None:
+            self.outcomes = [*self.outcomes[-19:], outcome]
         return outcome
 
     async def _heartbeat(self, job: ClaimedJob) -> None:

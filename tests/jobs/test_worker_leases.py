@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -147,6 +148,44 @@ def test_a_stop_that_cannot_hand_back_leaves_the_job_to_its_lease(
     row = job_row(sessions, job_id)
     assert (row.status, row.attempts) == ("running", 1)
     assert f"job {job_id}: not handed back (ConnectionRefusedError)" in caplog.text
+
+
+def test_a_worker_cancelled_before_its_stop_still_hands_the_job_back(
+    sessions: sessionmaker[Session],
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvicorn's forced exit (Ctrl-C twice within 0.1 s) skips the lifespan's
+    shutdown; the event loop's close then cancels every task at once, the
+    worker's loop among them, and the lifespan stops the runtime only after.
+    The job the cancelled loop was running must still be handed back (it was
+    lost to its lease when the loop forgot it on cancellation: a CI flake)."""
+    seed_generations(sessions, 10)
+    job_id = enqueue(sessions)
+
+    def halted_fit(*args: Any, stop: Any, **kwargs: Any) -> None:
+        stop.wait(30)  # a fit running until the stop halts its thread
+
+    monkeypatch.setattr("monitor.jobs.worker.run_job", halted_fit)
+
+    async def scenario() -> None:
+        runtime = open_runtime(make_settings(worker={"poll_interval_s": 0.05}), "worker")
+        worker = WorkerService(runtime, device="cpu")
+        try:
+            await worker.start()
+            while worker.current_job is None:
+                await asyncio.sleep(0.01)
+            assert worker._task is not None
+            worker._task.cancel()  # as asyncio.run cancels the tasks left at exit
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker._task
+            await asyncio.wait_for(worker.stop(), 10)
+        finally:
+            await runtime.stop()
+
+    asyncio.run(scenario())
+    row = job_row(sessions, job_id)
+    assert (row.status, row.attempts, row.lease_owner) == ("queued", 0, None), row.error
 
 
 def test_dead_worker_job_is_reclaimed_and_finishes_exactly_once(
