@@ -134,12 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """How uvicorn serves the app; the tests' in-process servers take them too.
-
-    The keep-alive matters beyond the tests: uvicorn's own 5 s equals httpx's and
-    the openai SDK's idle expiry, so a request sent on a connection idle for about
-    5 s races the server's close and fails with a connection reset.
-    """
+    """How uvicorn serves the app (the keep-alive: see `ProxySettings`); the
+    tests' in-process servers take the same, or they race their clients."""
     return {
         "access_log": False,
         "timeout_graceful_shutdown": 15,

@@ -37,9 +37,8 @@ from .openai_routes import install_openai_routes
 from .responses import error_response, validation_message
 from .schemas import RequestError
 
-# Idle client connections stay open longer than clients keep them (httpx's and
-# the openai SDK's 5 s): uvicorn's own 5 s races a client's next request on a
-# connection idle that long, which then fails with a connection reset.
+# Idle connections outlive the clients' (as the sidecar's keep_alive_s): uvicorn's
+# own 5 s equals httpx's and the openai SDK's, and the close races a reuse.
 KEEP_ALIVE_S = 75
 
 
