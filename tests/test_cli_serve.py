@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,7 @@ from monitor.db.engine import build_engine
 from tests.recorder.helpers import spool_held_elsewhere
 from tests.support.cli import assert_one_line_error, thermostat
 from tests.support.databases import postgres_url
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.servers import free_port
 
 
 def wait_ready(port: int, process: subprocess.Popen[str], timeout: float = 30) -> httpx.Response:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,11 @@ import pytest
 from tests.deploy.manifests import documented_block, setting_for
 from tests.support.cli import run_thermostat
 from tests.support.databases import database_from
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.postgres
 
 TOKENS = {"THERMOSTAT_ADMIN_TOKEN": "ops-admin-token", "THERMOSTAT_FEEDBACK_TOKEN": "ops-feedback"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def documented_steps() -> tuple[dict[str, str], list[list[str]]]:

@@ -30,6 +30,7 @@ import pytest
 
 from monitor.proxy import upstream_client
 from monitor.proxy.upstream_client import UpstreamClient, UpstreamClosed
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -206,14 +207,6 @@ def chunk(data: bytes) -> bytes:
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
-
-
-def free_port() -> int:
-    """A port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:

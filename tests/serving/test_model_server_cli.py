@@ -7,7 +7,6 @@ in the app's lifespan a failure was a traceback from uvicorn and exit code 3.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,14 +16,9 @@ from typing import Any
 import pytest
 
 from tests.support.cli import assert_one_line_error
+from tests.support.servers import free_port
 
 torch = pytest.importorskip("torch")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def model_server(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
