@@ -152,11 +152,6 @@ class WorkerService:
                 stop=self._halt,
                 name=f"thermostat-job-{job.id}",
             )
-        except asyncio.CancelledError:
-            # Stopping mid-job, its thread still fitting: the job stays current
-            # for stop() to hand back, even when the loop's exit cancelled this
-            # task before stop() ran (uvicorn's forced exit skips the shutdown).
-            raise
         except (LeaseLost, Interrupted) as exc:
             log.warning("%s", exc)
         except Exception as exc:
@@ -167,6 +162,9 @@ class WorkerService:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+        # Not in `finally`: a cancellation mid-fit (its thread runs on) leaves the
+        # job current for stop() to hand back, even when the loop's exit cancelled
+        # this task before stop() ran (uvicorn's forced exit skips the shutdown).
         self.current_job = None
         if outcome is not None:
             self.outcomes = [*self.outcomes[-19:], outcome]
