@@ -12,14 +12,22 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.calibration import pack_token_logprobs, sequence_confidences
 from monitor.calibration.synthetic import synthetic_token_batch
-from monitor.db.models import Calibration, Generation, Webhook, WebhookDelivery
+from monitor.db.models import (
+    Calibration,
+    Generation,
+    RecalibrationJob,
+    Webhook,
+    WebhookDelivery,
+)
+from monitor.db.models.enums import JobTrigger
 from monitor.db.session import session_scope
 from monitor.db.types import utcnow, uuid7
+from monitor.jobs.queue import enqueue_recalibration
 from monitor.tasks.repository import ensure_tasks
 
 TRUE_T = 2.5
@@ -70,6 +78,25 @@ def seed_generations(
         ensure_tasks(session, [task])
         session.execute(insert(Generation), rows)
     return [row["id"] for row in rows]
+
+
+def enqueue(
+    sessions: sessionmaker[Session],
+    task: str = TASK,
+    *,
+    max_attempts: int = 3,
+    due_in_s: float = 0,
+) -> int:
+    """A manual recalibration job for `task`, due now or in `due_in_s`; its id."""
+    with session_scope(sessions) as session:
+        job, _ = enqueue_recalibration(session, task, JobTrigger.manual, max_attempts=max_attempts)
+        if due_in_s:
+            session.execute(
+                update(RecalibrationJob)
+                .where(RecalibrationJob.id == job.id)
+                .values(not_before=utcnow() + timedelta(seconds=due_in_s))
+            )
+        return job.id
 
 
 def add_calibration(

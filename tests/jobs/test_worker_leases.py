@@ -14,33 +14,26 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.db.models import Generation, RecalibrationJob
-from monitor.db.models.enums import JobStatus, JobTrigger
+from monitor.db.models.enums import JobStatus
 from monitor.db.session import session_scope
 from monitor.db.types import utcnow
 from monitor.jobs.claim import ClaimedJob, claim_job, new_lease_owner
-from monitor.jobs.queue import enqueue_recalibration
 from monitor.jobs.recalibration import LeaseLost, fail_expired, run_job
 from monitor.jobs.repository import hand_back, heartbeat
 from monitor.jobs.worker import WorkerService
 from monitor.runtime import open_runtime
 from monitor.settings import Settings
 from tests.jobs.support import (
-    TASK,
     TRUE_T,
     active_versions,
     calibrations,
+    enqueue,
     events,
     seed_generations,
     subscribe_all,
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def enqueue(sessions: sessionmaker[Session], max_attempts: int = 3) -> int:
-    with session_scope(sessions) as session:
-        job, _ = enqueue_recalibration(session, TASK, JobTrigger.manual, max_attempts=max_attempts)
-        return job.id
 
 
 def claim(

@@ -27,12 +27,10 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.db.models import RecalibrationJob
-from monitor.db.models.enums import JobTrigger
 from monitor.db.session import session_scope
 from monitor.db.types import utcnow
 from monitor.jobs.claim import claim_job
-from monitor.jobs.queue import enqueue_recalibration
-from tests.jobs.support import TASK, seed_generations
+from tests.jobs.support import TASK, enqueue, seed_generations
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -94,8 +92,7 @@ def test_signal_mid_fit_stops_cleanly_and_hands_the_job_back(
     `ThermostatApp` read that cancellation as a shutdown. `--until-idle` (no
     HTTP server) exits 128 + the signal, as a shell reports a stopped batch job."""
     seed_generations(sessions, 400)
-    with session_scope(sessions) as session:
-        job_id = enqueue_recalibration(session, TASK, JobTrigger.manual)[0].id
+    job_id = enqueue(sessions)
     env = {k: v for k, v in os.environ.items() if not k.startswith("THERMOSTAT_")}
     env.update(
         THERMOSTAT_HOME=str(tmp_path / "home"),

@@ -10,40 +10,24 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.commands.serve import run_worker_until_idle
 from monitor.db.models import RecalibrationJob
-from monitor.db.models.enums import JobTrigger
 from monitor.db.session import session_scope
-from monitor.db.types import utcnow
-from monitor.jobs.queue import enqueue_recalibration
 from monitor.jobs.worker import WorkerService
 from monitor.runtime import open_runtime
 from monitor.settings import Settings
-from tests.jobs.support import TASK, seed_generations
+from tests.jobs.support import TASK, enqueue, seed_generations
 from tests.support.cli import thermostat
 
 pytestmark = pytest.mark.timeout(120)
 
 FINISHED = ("succeeded", "rejected")
-
-
-def enqueue(sessions: sessionmaker[Session], task: str, *, due_in_s: float = 0) -> int:
-    with session_scope(sessions) as session:
-        job = enqueue_recalibration(session, task, JobTrigger.manual)[0]
-        if due_in_s:
-            session.execute(
-                update(RecalibrationJob)
-                .where(RecalibrationJob.id == job.id)
-                .values(not_before=utcnow() + timedelta(seconds=due_in_s))
-            )
-        return job.id
 
 
 def statuses(sessions: sessionmaker[Session]) -> dict[int, str]:
